@@ -1,0 +1,122 @@
+"""Anatomy of torchvision's RetinaNet (and the dense-head base that FCOS shares)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+from torchvision.models.detection.retinanet import RetinaNet
+
+from surgery.anatomy._backbone import backbone_contracts_findings, backbone_features
+from surgery.anatomy._base import Anatomy, Context, Contract, Features, Flow, Slot, feed, finding
+from surgery.anatomy.rcnn import anchor_maps_findings
+from surgery.findings import Finding
+
+__all__ = ["DenseAnatomy", "RetinaNetAnatomy"]
+
+CLS = "head.classification_head"
+REG = "head.regression_head"
+
+
+class DenseAnatomy(Anatomy):
+    """One-stage detectors with ``backbone``, ``anchor_generator`` and a two-part ``head``."""
+
+    #: Layers of the regression head and how many outputs each makes per anchor.
+    regression_outputs: tuple[tuple[str, int], ...] = (("bbox_reg", 4),)
+    head_class = "RetinaNetHead"
+
+    def declared_slots(self, model: nn.Module) -> list[Slot]:
+        return [
+            Slot("transform", "transform: images → normalized, resized, batched ImageList", "GeneralizedRCNNTransform"),
+            Slot("backbone.body", "backbone body: image → multi-scale features", "a feature extractor returning a dict"),
+            Slot("backbone.fpn", "feature pyramid: body features → FPN maps (+ P6/P7)", "FeaturePyramidNetwork"),
+            Slot("anchor_generator", "anchor generator: feature maps → anchors", "AnchorGenerator with one sizes tuple per map"),
+            Slot(CLS, "classification head: feature maps → class logits per anchor", f"{self.head_class}'s classification head"),
+            Slot(REG, "regression head: feature maps → box deltas per anchor", f"{self.head_class}'s regression head"),
+        ]
+
+    def features(self, ctx: Context) -> Features | None:
+        feats = backbone_features(ctx, "backbone")
+        return feats if isinstance(feats, Features) else None
+
+    def contracts(self, model: nn.Module) -> list[Contract]:
+        return [
+            Contract("backbone body → FPN → out_channels", ("backbone",), lambda ctx: backbone_contracts_findings(ctx, "backbone")),
+            Contract("backbone channels → head inputs", ("backbone", CLS, REG), self._head_inputs),
+            Contract("anchor size tuples → feature maps", ("backbone", "anchor_generator"), self._anchor_maps),
+            Contract("anchors per location → head outputs", ("anchor_generator", CLS, REG), self._anchors),
+        ]
+
+    def _head_inputs(self, ctx: Context) -> Iterable[Finding]:
+        feats = backbone_features(ctx, "backbone")
+        if isinstance(feats, Finding):
+            yield feats
+            return
+        width = feats.common_channels()
+        if width is None:
+            return
+        for path in (CLS, REG):
+            part = ctx.get(path)
+            conv = getattr(part, "conv", None)
+            target = f"{path}.conv" if isinstance(conv, nn.Module) and ctx.has(f"{path}.conv") else path
+            findings, _ = feed(ctx, "backbone", Flow(None, width), target,
+                               fix=f"rebuild model.head with in_channels={width} (e.g. {self.head_class}({width}, ...))")
+            yield from (finding(f.severity, f.code, ("backbone", path), f.message, f.fix) for f in findings)
+
+    def _anchor_maps(self, ctx: Context) -> Iterable[Finding]:
+        gen = ctx.get("anchor_generator")
+        sizes = getattr(gen, "sizes", None)
+        if sizes is None:
+            return
+        ratios = getattr(gen, "aspect_ratios", None)
+        yield from anchor_maps_findings(ctx, "anchor_generator", list(sizes), list(ratios) if ratios is not None else None,
+                                        backbone_features(ctx, "backbone"))
+
+    def _anchors(self, ctx: Context) -> Iterable[Finding]:
+        gen = ctx.get("anchor_generator")
+        fn = getattr(gen, "num_anchors_per_location", None)
+        if not callable(fn):
+            return
+        anchors = sorted({int(a) for a in fn()})
+        if len(anchors) != 1:
+            yield finding("error", "anchor-mismatch", ("anchor_generator", "head"),
+                          f"anchor_generator makes {list(fn())} anchors per location, but the head shares its convs "
+                          "across feature maps and needs the same count on every map",
+                          "give every feature map the same number of sizes × aspect ratios")
+            return
+        a = anchors[0]
+        cls_head, reg_head = ctx.get(CLS), ctx.get(REG)
+        declared = getattr(cls_head, "num_anchors", None)
+        classes = getattr(cls_head, "num_classes", None)
+        logits = getattr(cls_head, "cls_logits", None)
+        if isinstance(declared, int) and declared != a:
+            yield finding("error", "anchor-mismatch", ("anchor_generator", CLS),
+                          f"anchor_generator makes {a} anchors per location but {CLS}.num_anchors is {declared}",
+                          f"rebuild model.head with num_anchors={a}")
+        if isinstance(logits, nn.Conv2d) and isinstance(classes, int):
+            expect = a * classes
+            if logits.out_channels != expect:
+                per_anchor = logits.out_channels / a
+                code = "num-classes-mismatch" if logits.out_channels % a == 0 else "anchor-mismatch"
+                yield finding("error", code, ("anchor_generator", CLS),
+                              f"{CLS}.cls_logits has {logits.out_channels} output channels but {a} anchors × "
+                              f"{classes} classes ({CLS}.num_classes) = {expect}"
+                              + (f"; it predicts {per_anchor:g} classes per anchor" if code == "num-classes-mismatch" else ""),
+                              f"rebuild model.head with num_anchors={a}, num_classes={classes}")
+        for layer, per in self.regression_outputs:
+            conv = getattr(reg_head, layer, None)
+            if isinstance(conv, nn.Conv2d) and conv.out_channels != per * a:
+                yield finding("error", "anchor-mismatch", ("anchor_generator", f"{REG}.{layer}"),
+                              f"anchor_generator makes {a} anchors per location, so {REG}.{layer} must output "
+                              f"{per} × {a} = {per * a} channels, but it outputs {conv.out_channels}",
+                              f"rebuild model.head with num_anchors={a}")
+
+
+class RetinaNetAnatomy(DenseAnatomy):
+    """RetinaNet (``retinanet_resnet50_fpn`` and ``_v2``)."""
+
+    name = "RetinaNet"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return isinstance(model, RetinaNet)

@@ -1,0 +1,96 @@
+"""``surgery.check``: run a family's contracts, the probes and orphan detection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from surgery import paths as _paths
+from surgery._errors import NotAModuleError
+from surgery._orphans import find_orphans
+from surgery.anatomy import Contract, anatomy_for
+from surgery.anatomy._base import Context
+from surgery.findings import Finding, Report
+
+__all__ = ["check"]
+
+
+def _touches(contract: Contract, wanted: list[str]) -> bool:
+    for c in contract.paths:
+        for w in wanted:
+            if c == w or w.startswith(c + ".") or c.startswith(w + "."):
+                return True
+    return False
+
+
+def _applicable(ctx: Context, contract: Contract) -> bool:
+    return all(p == "" or ctx.has(p) for p in contract.paths)
+
+
+def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_size: int = 320) -> Report:
+    """Check that the components of ``model`` fit each other.
+
+    Runs every contract of the model's family (channels, features, anchors, classes, feature
+    map names), meta-device probes of custom modules, and static orphan detection. Nothing
+    about the model changes: no weights are allocated, no hooks are left, no flag moves.
+
+    Args:
+        model: The model to check.
+        paths: Only run the contracts touching these slots (orphan detection always runs).
+        probe_image_size: Side of the square image used by meta probes of the backbone.
+
+    Returns:
+        A :class:`~surgery.Report`; ``report.ok`` is False when any error was found.
+
+    Raises:
+        NotAModuleError: ``model`` is not an ``nn.Module``.
+        PathError: A name in ``paths`` is not a submodule of the model.
+    """
+    if not isinstance(model, nn.Module):
+        raise NotAModuleError(f"check() takes an nn.Module, got {type(model).__name__}")
+    if not isinstance(probe_image_size, int) or probe_image_size < 32:
+        raise ValueError(f"probe_image_size must be an int >= 32, got {probe_image_size!r}")
+    wanted = list(paths) if paths is not None else None
+    if wanted is not None:
+        for p in wanted:
+            if not (_paths.exists(model, p) or _is_empty_slot(model, p)):
+                _paths.get(model, p)  # raises PathError with suggestions
+    anatomy = anatomy_for(model)
+    ctx = Context(model, probe_image_size=probe_image_size)
+    report = Report(model=type(model).__name__)
+    for contract in anatomy.contracts(model):
+        if wanted is not None and not _touches(contract, wanted):
+            continue
+        if not _applicable(ctx, contract):
+            continue
+        report.checked.append(contract.name)
+        report.extend(_run(contract, ctx))
+    slot_paths = [s.path for s in anatomy.declared_slots(model)]
+    report.checked.append("static orphan detection")
+    report.extend(find_orphans(model, slot_paths))
+    return report
+
+
+def _is_empty_slot(model: nn.Module, path: str) -> bool:
+    try:
+        parent_path, name = _paths.parent_of(path)
+        parent = _paths.get(model, parent_path)
+    except Exception:  # noqa: BLE001 - any failure means "not an empty slot"
+        return False
+    return _paths._is_empty_slot(parent, name)
+
+
+def _run(contract: Contract, ctx: Context) -> list[Finding]:
+    try:
+        return list(contract.run(ctx))
+    except Exception as e:  # noqa: BLE001 - a contract that cannot read an unusual module must not crash check
+        return [
+            Finding(
+                "warning",
+                "shape-error",
+                contract.paths,
+                f"could not evaluate contract {contract.name!r}: {type(e).__name__}: {e}",
+                None,
+            )
+        ]

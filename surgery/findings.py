@@ -1,0 +1,158 @@
+"""Findings and reports: what ``check`` (and later ``trace`` and ``smoke``) tell the user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from surgery._errors import IncompatibleError
+
+__all__ = ["CODES", "Finding", "Report", "Severity"]
+
+Severity = Literal["error", "warning", "info"]
+
+#: Stable finding codes (DESIGN.md) and what each means.
+CODES: dict[str, str] = {
+    "channel-mismatch": "a producer's output channels/features differ from its consumer's input",
+    "num-classes-mismatch": "class-dependent predictors disagree on the number of classes",
+    "anchor-mismatch": "anchors per location or anchor-size tuples disagree with the head or the feature maps",
+    "featmap-missing": "an RoI pooler names feature maps that the backbone does not produce",
+    "orphan-module": "a registered module that the forward pass never calls",
+    "unused-parameter": "a trainable parameter that gets no gradient from a train step",
+    "shape-error": "a probe or forward pass raised",
+    "non-finite": "a loss or output is NaN/Inf",
+}
+_SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found in a model.
+
+    Attributes:
+        severity: ``"error"``, ``"warning"`` or ``"info"``.
+        code: One of :data:`CODES`.
+        paths: The modules involved, producer first then consumer.
+        message: What disagrees, with both numbers.
+        fix: A line of code that would make it fit, when one is known.
+    """
+
+    severity: Severity
+    code: str
+    paths: tuple[str, ...]
+    message: str
+    fix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.severity not in _SEVERITIES:
+            raise ValueError(f"severity must be one of {_SEVERITIES}, got {self.severity!r}")
+        if self.code not in CODES:
+            raise ValueError(f"code must be one of {sorted(CODES)}, got {self.code!r}")
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        """Identity used to merge findings from different passes without duplicates."""
+        return (self.code, self.paths)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "paths": list(self.paths),
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+    def __str__(self) -> str:
+        where = " -> ".join(self.paths) if self.paths else "<model>"
+        text = f"{self.severity} [{self.code}] {where}: {self.message}"
+        if self.fix:
+            text += f"\n    fix: {self.fix}"
+        return text
+
+
+@dataclass
+class Report:
+    """The result of :func:`surgery.check`.
+
+    Attributes:
+        findings: Every finding, errors first.
+        model: A name for the model checked (its class, or the CLI spec).
+        checked: Names of the contracts and passes that ran.
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    model: str = ""
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no finding at error severity."""
+        return not self.errors
+
+    def codes(self) -> list[str]:
+        """The codes of all findings, in order (handy in tests)."""
+        return [f.code for f in self.findings]
+
+    def extend(self, findings: Iterable[Finding]) -> None:
+        """Add findings, dropping any whose (code, paths) is already present."""
+        seen = {f.key for f in self.findings}
+        for f in findings:
+            if f.key not in seen:
+                seen.add(f.key)
+                self.findings.append(f)
+        order = {s: i for i, s in enumerate(_SEVERITIES)}
+        self.findings.sort(key=lambda f: order[f.severity])
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`~surgery.IncompatibleError` listing every error, if there is any."""
+        if self.errors:
+            lines = "\n".join(str(f) for f in self.errors)
+            n = len(self.errors)
+            raise IncompatibleError(f"{n} incompatibilit{'y' if n == 1 else 'ies'} in {self.model or 'the model'}:\n{lines}", self.errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "ok": self.ok,
+            "findings": [f.to_dict() for f in self.findings],
+            "checked": list(self.checked),
+        }
+
+    def format(self, style: str = "text") -> str:
+        """Render the report as ``"text"`` (grouped by severity) or ``"github"`` workflow commands."""
+        if style == "github":
+            out = []
+            for f in self.findings:
+                level = {"error": "error", "warning": "warning", "info": "notice"}[f.severity]
+                msg = f.message + (f" Fix: {f.fix}" if f.fix else "")
+                out.append(f"::{level} title={f.code}::{_gh_escape(msg)}")
+            return "\n".join(out)
+        if style != "text":
+            raise ValueError(f"style must be 'text' or 'github', got {style!r}")
+        return str(self)
+
+    def __str__(self) -> str:
+        head = f"surgery check: {self.model or 'model'}: "
+        if not self.findings:
+            return head + f"ok, no findings ({len(self.checked)} checks ran)"
+        lines = [head + f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"]
+        for sev in _SEVERITIES:
+            group = [f for f in self.findings if f.severity == sev]
+            if group:
+                lines.append(f"\n{sev.upper()}S" if sev != "info" else "\nINFO")
+                lines.extend(f"  {str(f).replace(chr(10), chr(10) + '  ')}" for f in group)
+        return "\n".join(lines)
+
+
+def _gh_escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")

@@ -1,0 +1,232 @@
+"""``surgery.components`` and ``surgery.inspect``: what a model is made of."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgery import paths
+from surgery._errors import NotAModuleError
+from surgery.anatomy import anatomy_for
+from surgery.signature import Signature
+
+__all__ = ["Component", "Overview", "components", "inspect", "count_params"]
+
+
+def count_params(module: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts, each shared parameter counted once."""
+    total = trainable = 0
+    for p in module.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return total, trainable
+
+
+@dataclass(frozen=True)
+class Component:
+    """One swappable slot of a model.
+
+    Attributes:
+        path: Dotted path, e.g. ``"roi_heads.mask_head"``.
+        role: What it does, e.g. ``"mask head: RoI features → mask features"``.
+        type: The module's class name.
+        params: Number of parameters.
+        trainable: Number of parameters with ``requires_grad``.
+        in_sig: Input channels/features read from its first layer (None when unknown).
+        out_sig: Output channels/features read from its last layer (None when unknown).
+        accepts: What may replace it.
+    """
+
+    path: str
+    role: str
+    type: str
+    params: int
+    trainable: int
+    in_sig: Signature | None
+    out_sig: Signature | None
+    accepts: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "role": self.role,
+            "type": self.type,
+            "params": self.params,
+            "trainable": self.trainable,
+            "in": self.in_sig.to_dict() if self.in_sig else None,
+            "out": self.out_sig.to_dict() if self.out_sig else None,
+            "accepts": self.accepts,
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: {self.type} ({self.params:,} params, {self.trainable:,} trainable) "
+            f"{self.in_sig or '?'} → {self.out_sig or '?'} — {self.role}"
+        )
+
+
+def components(model: nn.Module) -> list[Component]:
+    """List the swappable components of ``model``.
+
+    Torchvision's detection families list their slots (``backbone.body``, ``rpn.head``,
+    ``roi_heads.mask_head``, ...); any other module lists its top-level children.
+
+    Args:
+        model: A built model.
+
+    Returns:
+        One :class:`Component` per present slot, in data-flow order.
+    """
+    if not isinstance(model, nn.Module):
+        raise NotAModuleError(f"components() takes an nn.Module, got {type(model).__name__}")
+    anatomy = anatomy_for(model)
+    out = []
+    for slot in anatomy.slots(model):
+        module = paths.get(model, slot.path)
+        total, trainable = count_params(module)
+        in_sig, out_sig = anatomy.signatures(model, slot.path)
+        out.append(Component(slot.path, slot.role, type(module).__name__, total, trainable, in_sig, out_sig, slot.accepts))
+    return out
+
+
+@dataclass
+class Overview:
+    """The printable result of :func:`inspect`.
+
+    Attributes:
+        model: The model's class name.
+        family: The anatomy that matched (``"R-CNN"``, ``"generic"``, ...).
+        components: The component list.
+        tree: The module tree down to the requested depth, one line per module.
+        params: Total parameters.
+        trainable: Trainable parameters.
+        layer_table: torchinfo's per-layer table when an input size was given.
+    """
+
+    model: str
+    family: str
+    components: list[Component]
+    tree: list[str]
+    params: int
+    trainable: int
+    layer_table: str | None = None
+    depth: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "family": self.family,
+            "params": self.params,
+            "trainable": self.trainable,
+            "components": [c.to_dict() for c in self.components],
+            "tree": self.tree,
+            "depth": self.depth,
+            "layer_table": self.layer_table,
+        }
+
+    def components_table(self) -> str:
+        header = ("path", "type", "params", "trainable", "in", "out", "role")
+        rows = [
+            (c.path, c.type, f"{c.params:,}", f"{c.trainable:,}", str(c.in_sig or "-"), str(c.out_sig or "-"), c.role)
+            for c in self.components
+        ]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+        lines = []
+        for r in [header, *rows]:
+            cells = [str(r[i]).ljust(widths[i]) if i < 2 else str(r[i]).rjust(widths[i]) for i in range(len(header) - 1)]
+            lines.append("  ".join(cells) + "  " + r[-1])
+        lines.insert(1, "-" * max(len(line) for line in lines))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        parts = [
+            f"{self.model} ({self.family}): {self.params:,} parameters, {self.trainable:,} trainable",
+            "",
+            "Components",
+            self.components_table(),
+            "",
+            f"Module tree (depth {self.depth})",
+            *self.tree,
+        ]
+        if self.layer_table:
+            parts += ["", "Layers (torchinfo)", self.layer_table]
+        return "\n".join(parts)
+
+
+def _tree(model: nn.Module, depth: int) -> list[str]:
+    lines = [type(model).__name__]
+
+    def walk(module: nn.Module, prefix: str, level: int) -> None:
+        children = [(n, c) for n, c in module._modules.items() if c is not None]
+        for i, (name, child) in enumerate(children):
+            last = i == len(children) - 1
+            total, _ = count_params(child)
+            more = f" … {len(child._modules)} children" if level + 1 >= depth and child._modules else ""
+            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{name}: {type(child).__name__} ({total:,}){more}")
+            if level + 1 < depth:
+                walk(child, prefix + ("   " if last else "│  "), level + 1)
+
+    if depth > 0:
+        walk(model, "", 0)
+    return lines
+
+
+def inspect(model: nn.Module, input_size: tuple[int, ...] | None = None, depth: int = 2) -> Overview:
+    """A printable overview: the components table, the module tree and, given an input
+    size, torchinfo's per-layer table.
+
+    The model's train/eval mode, device and hooks are left exactly as they were.
+
+    Args:
+        model: A built model.
+        input_size: Shape of one input, e.g. ``(3, 320, 320)`` for a detection model (one
+            image) or ``(1, 3, 224, 224)`` for a classifier; None skips the layer table.
+        depth: How deep the module tree (and the layer table) goes.
+
+    Returns:
+        An :class:`Overview`; ``print()`` it or call ``to_dict()``.
+
+    Raises:
+        ValueError: ``depth`` is negative or ``input_size`` is not a tuple of positive ints.
+    """
+    if not isinstance(model, nn.Module):
+        raise NotAModuleError(f"inspect() takes an nn.Module, got {type(model).__name__}")
+    if not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"depth must be an int >= 0, got {depth!r}")
+    anatomy = anatomy_for(model)
+    total, trainable = count_params(model)
+    table = None
+    if input_size is not None:
+        if not (isinstance(input_size, (tuple, list)) and input_size and all(isinstance(s, int) and s > 0 for s in input_size)):
+            raise ValueError(f"input_size must be a tuple of positive ints such as (3, 320, 320), got {input_size!r}")
+        table = _layer_table(model, tuple(input_size), depth, anatomy.name)
+    return Overview(type(model).__name__, anatomy.name, components(model), _tree(model, depth), total, trainable, table, depth)
+
+
+def _layer_table(model: nn.Module, input_size: tuple[int, ...], depth: int, family: str) -> str:
+    import torchinfo
+
+    from surgery._state import preserved
+
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    with preserved(model):
+        if family != "generic":
+            side = input_size[-2:]
+            model.eval()
+            transform = model._modules.get("transform")
+            if transform is not None and hasattr(transform, "min_size"):
+                transform.min_size = (min(side),)
+                transform.max_size = max(side)
+            images = [torch.rand(*input_size[-3:], device=device)]
+            stats = torchinfo.summary(model, input_data=[images], depth=depth, device=device, verbose=0, mode="eval")
+        else:
+            stats = torchinfo.summary(model, input_size=input_size, depth=depth, device=device, verbose=0)
+    return str(stats)
