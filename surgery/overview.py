@@ -13,7 +13,15 @@ from surgery._errors import NotAModuleError
 from surgery.anatomy import anatomy_for
 from surgery.signature import Signature
 
-__all__ = ["Component", "Overview", "components", "inspect", "count_params"]
+__all__ = ["Component", "Overview", "components", "inspect", "count_params", "human"]
+
+
+def human(n: int) -> str:
+    """``23508032`` → ``"23.5M"``; small counts stay exact."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
 
 
 def count_params(module: nn.Module) -> tuple[int, int]:
@@ -130,15 +138,15 @@ class Overview:
         }
 
     def components_table(self) -> str:
-        header = ("path", "type", "params", "trainable", "in", "out", "role")
+        header = ("path", "type", "params", "trainable", "in → out", "role")
         rows = [
-            (c.path, c.type, f"{c.params:,}", f"{c.trainable:,}", str(c.in_sig or "-"), str(c.out_sig or "-"), c.role)
+            (c.path, c.type, human(c.params), human(c.trainable), f"{c.in_sig or '-'} → {c.out_sig or '-'}", c.role)
             for c in self.components
         ]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
         lines = []
         for r in [header, *rows]:
-            cells = [str(r[i]).ljust(widths[i]) if i < 2 else str(r[i]).rjust(widths[i]) for i in range(len(header) - 1)]
+            cells = [str(r[i]).rjust(widths[i]) if i in (2, 3) else str(r[i]).ljust(widths[i]) for i in range(len(header) - 1)]
             lines.append("  ".join(cells) + "  " + r[-1])
         lines.insert(1, "-" * max(len(line) for line in lines))
         return "\n".join(lines)
@@ -167,7 +175,7 @@ def _tree(model: nn.Module, depth: int) -> list[str]:
             last = i == len(children) - 1
             total, _ = count_params(child)
             more = f" … {len(child._modules)} children" if level + 1 >= depth and child._modules else ""
-            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{name}: {type(child).__name__} ({total:,}){more}")
+            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{name}: {type(child).__name__} ({human(total)}){more}")
             if level + 1 < depth:
                 walk(child, prefix + ("   " if last else "│  "), level + 1)
 
