@@ -139,6 +139,37 @@ class Anatomy:
         """The contracts between this model's slots."""
         return []
 
+    def declared_flow(self, model: nn.Module) -> list[tuple[str, str]]:
+        """Static data-flow edges ``(producer, consumer)`` between the family's slots."""
+        return []
+
+    def flow(self, model: nn.Module) -> list[tuple[str, str]]:
+        """The declared flow restricted to the slots present in ``model``.
+
+        Where a slot is absent, its producers are connected to its consumers, so that an
+        opaque ``backbone`` still feeds the heads.
+        """
+        present = {s.path for s in self.slots(model)}
+        edges = self.declared_flow(model)
+        out: list[tuple[str, str]] = []
+
+        def targets(node: str, seen: frozenset[str]) -> list[str]:
+            if node in present:
+                return [node]
+            found: list[str] = []
+            for a, b in edges:
+                if a == node and b not in seen:
+                    found += targets(b, seen | {b})
+            return found
+
+        for a, b in edges:
+            if a not in present:
+                continue
+            for t in targets(b, frozenset({b})):
+                if (a, t) not in out and a != t:
+                    out.append((a, t))
+        return out
+
     def signatures(self, model: nn.Module, path: str) -> tuple[Signature | None, Signature | None]:
         """Static (input, output) signature of a slot; families override ambiguous ones."""
         module = paths.get(model, path)

@@ -14,6 +14,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from surgery import paths
 from surgery.anatomy._backbone import backbone_contracts_findings, backbone_features
 from surgery.anatomy._base import PROBE_BATCH, Anatomy, Context, Contract, Features, Flow, Slot, feed, finding
 from surgery.findings import Finding
@@ -65,6 +66,22 @@ class RCNNAnatomy(Anatomy):
             Slot("roi_heads.keypoint_head", "keypoint head: RoI features → keypoint features", "KeypointRCNNHeads or any (R, C, 14, 14) → (R, C', 14, 14) module", True),
             Slot("roi_heads.keypoint_predictor", "keypoint predictor: keypoint features → keypoint heatmaps", "KeypointRCNNPredictor(C', num_keypoints)", True),
         ]
+
+    def declared_flow(self, model: nn.Module) -> list[tuple[str, str]]:
+        split = paths.exists(model, "backbone.body") and paths.exists(model, "backbone.fpn")
+        feat = "backbone.fpn" if split else "backbone"
+        edges = [("transform", "backbone.body"), ("backbone.body", "backbone.fpn")] if split else [("transform", "backbone")]
+        edges += [
+            (feat, "rpn.head"),
+            (feat, "rpn.anchor_generator"),
+            ("rpn.head", "roi_heads.box_roi_pool"),
+            ("rpn.anchor_generator", "roi_heads.box_roi_pool"),
+        ]
+        for kind, (pool, head, predictor) in _BRANCHES.items():
+            edges += [(feat, pool), (pool, head), (head, predictor)]
+            if kind != "box":
+                edges.append(("roi_heads.box_predictor", pool))
+        return edges
 
     def slots(self, model: nn.Module) -> list[Slot]:
         present = super().slots(model)

@@ -35,6 +35,15 @@ class DenseAnatomy(Anatomy):
             Slot(REG, "regression head: feature maps → box deltas per anchor", f"{self.head_class}'s regression head"),
         ]
 
+    def declared_flow(self, model: nn.Module) -> list[tuple[str, str]]:
+        return [
+            ("transform", "backbone.body"),
+            ("backbone.body", "backbone.fpn"),
+            ("backbone.fpn", "anchor_generator"),
+            ("backbone.fpn", CLS),
+            ("backbone.fpn", REG),
+        ]
+
     def features(self, ctx: Context) -> Features | None:
         feats = backbone_features(ctx, "backbone")
         return feats if isinstance(feats, Features) else None

@@ -36,6 +36,9 @@ class SSDAnatomy(Anatomy):
             Slot(REG, "regression head: one conv per map → box deltas per default box", "SSDRegressionHead"),
         ]
 
+    def declared_flow(self, model: nn.Module) -> list[tuple[str, str]]:
+        return [("transform", "backbone"), ("backbone", "anchor_generator"), ("backbone", CLS), ("backbone", REG)]
+
     def features(self, ctx: Context) -> Features | None:
         feats = backbone_features(ctx, "backbone", _size(ctx))
         return feats if isinstance(feats, Features) else None
