@@ -59,11 +59,18 @@ def _emit_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _int_tuple(text: str, option: str, example: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated integers such as {example}, got {text!r}") from None
+
+
 def _cmd_inspect(ns: argparse.Namespace) -> int:
     from surgery.overview import inspect
 
     model = _load(ns)
-    input_size = tuple(int(x) for x in ns.input_size.split(",")) if ns.input_size else None
+    input_size = _int_tuple(ns.input_size, "--input-size", "3,320,320") if ns.input_size else None
     overview = inspect(model, input_size=input_size, depth=ns.depth)
     if ns.json:
         _emit_json({"model": _spec_name(ns), "ok": True, "findings": [], **{k: v for k, v in overview.to_dict().items() if k != "model"},

@@ -173,12 +173,35 @@ class WeightsReport:
         return "\n".join(lines)
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _refused_globals(error: pickle.UnpicklingError) -> bool:
+    """True when ``torch.load(weights_only=True)`` refused the file for naming Python objects
+    (a pickled model or class), rather than because the bytes are not a pickle at all.
+
+    torch raises the same ``UnpicklingError`` for both; the inner error it chains says which
+    ("Unsupported global: ..." versus e.g. "Unsupported operand 110"). When in doubt the file
+    is reported as unreadable, which still refuses it.
+    """
+    texts = (str(error), str(error.__context__ or ""))
+    return any("unsupported global" in t.lower() for t in texts)
+
+
 def _read_checkpoint(file: Path, trust: bool) -> Mapping[str, Any]:
     if not file.is_file():
         raise LoadError(f"weights file {str(file)!r} does not exist", file=str(file))
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if not _refused_globals(e):
+            raise LoadError(
+                f"{str(file)!r} is not a readable PyTorch checkpoint ({_first_line(e.__context__ or e)}); "
+                "it should be a file written by torch.save(model.state_dict(), path)",
+                file=str(file),
+            ) from e
         if not trust:
             raise LoadError(
                 f"{str(file)!r} is not a plain state dict: it holds pickled Python objects (e.g. a whole model), "

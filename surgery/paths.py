@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator
 
 from torch import nn
@@ -25,6 +26,7 @@ __all__ = ["get", "set", "delete", "exists", "iter_paths", "split", "join", "par
 
 _INDEXED = (nn.Sequential, nn.ModuleList)
 _MAX_SUGGESTIONS = 3
+_NEGATIVE_INDEX = re.compile(r"-[1-9][0-9]*")
 
 
 def split(path: str) -> list[str]:
@@ -65,11 +67,8 @@ def _child_key(parent: nn.Module, segment: str) -> str | None:
     """The ``_modules`` key that ``segment`` names in ``parent``, or None."""
     if segment in parent._modules:
         return segment
-    if isinstance(parent, _INDEXED):
-        try:
-            index = int(segment)
-        except ValueError:
-            return None
+    if isinstance(parent, _INDEXED) and _NEGATIVE_INDEX.fullmatch(segment):
+        index = int(segment)  # only plain ASCII '-N': int() would also take ' -1', '-1_0' or other scripts' digits
         n = len(parent._modules)
         if -n <= index < 0:
             return list(parent._modules)[index]

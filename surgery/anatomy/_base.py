@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from surgery import paths
 from surgery.findings import Finding, Severity
@@ -52,9 +54,12 @@ class Contract:
 
 
 def is_stock(module: nn.Module) -> bool:
-    """True for torch / torchvision classes, whose static signature can be trusted as is."""
-    mod = type(module).__module__
-    return mod.startswith(("torchvision.", "torch."))
+    """True when ``module`` and everything inside it are torch / torchvision classes.
+
+    Only then can its static signature be trusted as is: a stock container (``nn.Sequential``)
+    holding a user's block runs that block's code, which needs a probe.
+    """
+    return all(type(m).__module__.startswith(("torchvision.", "torch.")) for m in module.modules())
 
 
 @dataclass
@@ -171,9 +176,25 @@ class Anatomy:
         return out
 
     def signatures(self, model: nn.Module, path: str) -> tuple[Signature | None, Signature | None]:
-        """Static (input, output) signature of a slot; families override ambiguous ones."""
+        """Static (input, output) signature of a slot; families override ambiguous ones.
+
+        Multi-scale modules get one width per feature map: an ``IntermediateLayerGetter``
+        body outputs the width of each returned layer, an FPN takes one per inner block.
+        """
         module = paths.get(model, path)
-        return input_signature(module), output_signature(module)
+        in_sig, out_sig = input_signature(module), output_signature(module)
+        if isinstance(module, IntermediateLayerGetter):
+            widths = []
+            for name, child in module.named_children():
+                if name in module.return_layers:
+                    sig = output_signature(child)
+                    widths.append(int(sig.size) if sig is not None and isinstance(sig.size, int) else 0)
+            out_sig = Signature("channels", tuple(widths), "return_layers")
+        elif isinstance(module, FeaturePyramidNetwork):
+            ins = [input_signature(b) for b in module.inner_blocks]
+            in_sig = Signature("channels", tuple(int(s.size) if s and isinstance(s.size, int) else 0 for s in ins), "inner_blocks")
+            out_sig = output_signature(module.layer_blocks[0]) if len(module.layer_blocks) else None
+        return in_sig, out_sig
 
     def features(self, ctx: Context) -> Features | None:
         """The backbone's feature maps, when the family has a backbone."""
@@ -269,11 +290,17 @@ def feed(
                 "channel-mismatch" if _looks_like_shape(result.error) else "shape-error",
                 (producer, consumer),
                 f"{consumer} ({type(module).__name__}) raised when fed {producer}'s output "
-                f"of {flow.describe()} {what}: {type(result.error).__name__} in {where}: {_first_line(result.error)}",
+                f"of {_describe_input(flow, what)}: {type(result.error).__name__} in {where}: {_first_line(result.error)}",
                 fix,
             )
         )
     return findings, None
+
+
+def _describe_input(flow: Flow, what: str) -> str:
+    if flow.shape is not None and len(flow.shape) > 1:
+        return f"shape {flow.describe()}"
+    return f"{flow.describe()} {what}"
 
 
 def _flow_of(output: Any) -> Flow | None:

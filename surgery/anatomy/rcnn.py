@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -12,12 +13,11 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from surgery import paths
 from surgery.anatomy._backbone import backbone_contracts_findings, backbone_features
 from surgery.anatomy._base import PROBE_BATCH, Anatomy, Context, Contract, Features, Flow, Slot, feed, finding
-from surgery.findings import Finding
+from surgery.findings import Finding, Severity
 from surgery.signature import Signature, input_signature, meta_like, output_signature
 
 __all__ = ["RCNNAnatomy"]
@@ -96,17 +96,6 @@ class RCNNAnatomy(Anatomy):
             out_sig = Signature("features", int(module.cls_score.out_features), "cls_score")
         elif isinstance(module, RPNHead):
             out_sig = Signature("channels", int(module.cls_logits.out_channels), "cls_logits")
-        elif path == "backbone.body" and hasattr(module, "return_layers"):
-            widths = []
-            for name in module._modules:
-                if name in module.return_layers:
-                    sig = output_signature(module._modules[name])  # type: ignore[arg-type]
-                    widths.append(int(sig.size) if sig is not None else 0)  # type: ignore[arg-type]
-            out_sig = Signature("channels", tuple(widths), "return_layers")
-        elif path == "backbone.fpn" and hasattr(module, "inner_blocks"):
-            ins = [input_signature(b) for b in module.inner_blocks]
-            in_sig = Signature("channels", tuple(int(s.size) if s else 0 for s in ins), "inner_blocks")  # type: ignore[arg-type]
-            out_sig = output_signature(module.layer_blocks[0]) if len(module.layer_blocks) else None
         return in_sig, out_sig
 
     def features(self, ctx: Context) -> Features | None:
@@ -122,7 +111,7 @@ class RCNNAnatomy(Anatomy):
         ]
         for kind, (pool, head, predictor) in _BRANCHES.items():
             out.append(Contract(f"{kind} branch: pooler names, pooler → head → predictor", ("backbone", pool, head, predictor),
-                                lambda ctx, k=kind: _branch(ctx, k)))
+                                functools.partial(_branch, kind=kind)))
         out.append(Contract("box predictor classes: cls_score vs bbox_pred/4", ("roi_heads.box_predictor",), _box_classes))
         out.append(Contract("mask predictor classes vs box predictor classes", ("roi_heads.box_predictor", "roi_heads.mask_predictor"), _mask_classes))
         out.append(Contract("mask / keypoint triples complete", ("roi_heads",), _triples_complete))
@@ -196,9 +185,13 @@ def _rpn_anchors(ctx: Context) -> Iterable[Finding]:
         probe = ctx.probe_with("rpn.head", "features", _feature_flow(ctx, feats))
         if not probe.ok:
             return  # reported by the channel contract
-        logits, deltas = probe.output
-        cls_out, box_out = int(logits[0].shape[1]), int(deltas[0].shape[1])
+        outputs = _rpn_outputs(probe.output)
+        if outputs is None:
+            return
+        cls_out, box_out = outputs
         width = feats.common_channels() or 256
+    where = "rpn.head.cls_logits" if isinstance(head, RPNHead) else "first output of rpn.head"
+    where_box = "rpn.head.bbox_pred" if isinstance(head, RPNHead) else "second output of rpn.head"
     distinct = sorted(set(anchors))
     if len(distinct) > 1:
         yield finding("error", "anchor-mismatch", ("rpn.anchor_generator", "rpn.head"),
@@ -210,13 +203,27 @@ def _rpn_anchors(ctx: Context) -> Iterable[Finding]:
     if cls_out != a:
         yield finding("error", "anchor-mismatch", ("rpn.anchor_generator", "rpn.head"),
                       f"rpn.anchor_generator makes {a} anchors per location but rpn.head predicts {cls_out} "
-                      f"objectness scores per location (rpn.head.cls_logits)",
+                      f"objectness scores per location ({where})",
                       f"model.rpn.head = RPNHead({width}, {a})")
     if box_out != 4 * a:
         yield finding("error", "anchor-mismatch", ("rpn.anchor_generator", "rpn.head"),
                       f"rpn.anchor_generator makes {a} anchors per location, so rpn.head must predict 4 × {a} = {4 * a} "
-                      f"box deltas per location, but rpn.head.bbox_pred gives {box_out}",
+                      f"box deltas per location, but {where_box} gives {box_out}",
                       f"model.rpn.head = RPNHead({width}, {a})")
+
+
+def _rpn_outputs(output: object) -> tuple[int, int] | None:
+    """(objectness, box deltas) channels per location from an RPN head's ``(logits, deltas)`` lists."""
+    if not (isinstance(output, (tuple, list)) and len(output) == 2):
+        return None
+    logits, deltas = output
+    if not (isinstance(logits, (tuple, list)) and isinstance(deltas, (tuple, list)) and logits and deltas):
+        return None
+    if not (isinstance(logits[0], torch.Tensor) and isinstance(deltas[0], torch.Tensor)):
+        return None
+    if logits[0].dim() < 2 or deltas[0].dim() < 2:
+        return None
+    return int(logits[0].shape[1]), int(deltas[0].shape[1])
 
 
 def _anchor_maps(ctx: Context) -> Iterable[Finding]:
@@ -259,15 +266,15 @@ def _branch(ctx: Context, kind: str) -> Iterable[Finding]:
         missing = [n for n in names if n not in feats.names]
         if missing:
             present = [n for n in names if n in feats.names]
-            severity = "warning" if present else "error"
+            severity: Severity = "warning" if present else "error"
             keep = present or [n for n in feats.names if n != "pool"] or feats.names
-            out_size = _size2(getattr(pool, "output_size", None)) or (7, 7)
+            fix_size = _size2(getattr(pool, "output_size", None)) or (7, 7)
             sampling = getattr(pool, "sampling_ratio", 2)
             yield finding(severity, "featmap-missing", ("backbone", pool_path),
                           f"{pool_path} pools feature maps {list(names)} but the backbone produces {feats.names}; "
                           f"{missing} {'is' if len(missing) == 1 else 'are'} silently ignored"
                           + ("" if present else ", so no map at all is pooled"),
-                          f"model.{pool_path} = MultiScaleRoIAlign(featmap_names={keep}, output_size={out_size[0]}, sampling_ratio={sampling})")
+                          f"model.{pool_path} = MultiScaleRoIAlign(featmap_names={keep}, output_size={fix_size[0]}, sampling_ratio={sampling})")
             if not present:
                 return
     width = feats.common_channels()
