@@ -1,0 +1,481 @@
+"""``surgery.diff``: what an edit changed, in structure and in cost.
+
+Structure: the slots and modules added, removed and changed, each with its old and new type,
+signature or hyperparameters, and parameter count (see :func:`surgery.render.slot_changes`
+and :func:`surgery.render.module_changes`).
+
+Cost, each as before / after / ratio, from one process:
+
+* parameters, total and trainable;
+* FLOPs of one eval forward on a synthetic batch, counted by
+  :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions; ops it has no
+  formula for, such as ``roi_align`` and NMS, count zero);
+* latency: the median of several eval forwards, the two models timed interleaved so that
+  machine load affects both alike;
+* peak memory of one eval forward: on CUDA, ``torch.cuda.max_memory_allocated`` above what
+  was allocated before the forward; on CPU, the peak of the bytes held by tensors that the
+  forward's operators created (a ``TorchDispatchMode`` adds each new storage when an operator
+  returns it and subtracts it when it is freed). The CPU figure excludes parameters, the
+  input batch, allocator overhead and the scratch memory kernels use internally.
+
+During the cost measurement the detection score thresholds are set to 0, so that the
+second-stage heads (mask, keypoint) run on a full ``detections_per_img`` worth of boxes, as
+for a trained model on a busy image; an untrained model would otherwise keep no detections
+and its mask head would cost nothing. Every model setting is put back afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+
+from surgery._errors import NotAModuleError
+from surgery._state import preserved
+from surgery.overview import count_params, human
+from surgery.render import Change, module_changes, slot_changes
+
+__all__ = ["Diff", "Measure", "ProgressBar", "diff"]
+
+#: Called as ``progress(done, total, what)`` while costs are measured.
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One quantity measured on both models.
+
+    Attributes:
+        name: What it is (``"params"``, ``"FLOPs"``, ``"latency"``, ...).
+        before: Value for the model before the edit (None when it could not be measured).
+        after: Value for the model after the edit.
+        unit: ``"count"``, ``"flop"``, ``"s"`` or ``"bytes"``.
+    """
+
+    name: str
+    before: float | None
+    after: float | None
+    unit: str = "count"
+
+    @property
+    def delta(self) -> float | None:
+        """``after - before``."""
+        if self.before is None or self.after is None:
+            return None
+        return self.after - self.before
+
+    @property
+    def ratio(self) -> float | None:
+        """``after / before`` (None when ``before`` is zero or unknown)."""
+        if self.before is None or self.after is None or self.before == 0:
+            return None
+        return self.after / self.before
+
+    def format(self, value: float | None, *, signed: bool = False) -> str:
+        """A value of this measure in its unit (``"1.2 GFLOP"``, ``"412.3 ms"``, ``"96.0 MiB"``)."""
+        if value is None:
+            return "-"
+        sign = "+" if signed and value > 0 else "-" if value < 0 else ""
+        v = abs(value)
+        if self.unit == "count":
+            return f"{sign}{int(v):,}"
+        if self.unit == "flop":
+            text = human(int(v))
+            return f"{sign}{text[:-1]} {text[-1]}FLOP" if text[-1].isalpha() else f"{sign}{text} FLOP"
+        if self.unit == "s":
+            return f"{sign}{v * 1000:.1f} ms"
+        if self.unit == "bytes":
+            for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+                if v >= scale:
+                    return f"{sign}{v / scale:.1f} {unit}"
+            return f"{sign}{int(v)} B"
+        return f"{sign}{v}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "before": self.before,
+            "after": self.after,
+            "delta": self.delta,
+            "ratio": self.ratio,
+            "unit": self.unit,
+        }
+
+    def row(self) -> tuple[str, str, str, str, str]:
+        ratio = self.ratio
+        return (
+            self.name,
+            self.format(self.before),
+            self.format(self.after),
+            self.format(self.delta, signed=True),
+            "-" if ratio is None else f"{ratio:.2f}×",
+        )
+
+
+@dataclass
+class Diff:
+    """The result of :func:`diff`.
+
+    Attributes:
+        before: Class name of the model before the edit.
+        after: Class name of the model after the edit.
+        slots: Every slot of either model with its :class:`~surgery.render.Change` status,
+            in data-flow order.
+        modules: Modules added, removed or changed (descendants of an added or removed module
+            are folded into it).
+        params: Total parameters.
+        trainable: Trainable parameters.
+        flops: FLOPs of one eval forward (None when costs were not measured).
+        latency: Median seconds of one eval forward.
+        memory: Peak bytes of one eval forward (see the module docs for how).
+        settings: How the costs were measured (image size, runs, devices, memory method).
+        problems: Why a cost could not be measured (e.g. a model's forward raised).
+    """
+
+    before: str
+    after: str
+    slots: list[Change]
+    modules: list[Change]
+    params: Measure
+    trainable: Measure
+    flops: Measure | None = None
+    latency: Measure | None = None
+    memory: Measure | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def changed_slots(self) -> list[Change]:
+        """The slots that were added, removed or changed."""
+        return [c for c in self.slots if c.status != "unchanged"]
+
+    @property
+    def measures(self) -> list[Measure]:
+        """Every measure taken, in table order."""
+        return [m for m in (self.params, self.trainable, self.flops, self.latency, self.memory) if m is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "before": self.before,
+            "after": self.after,
+            "slots": [c.to_dict() for c in self.slots],
+            "modules": [c.to_dict() for c in self.modules],
+            "cost": {m.name: m.to_dict() for m in self.measures},
+            "settings": dict(self.settings),
+            "problems": list(self.problems),
+        }
+
+    def __str__(self) -> str:
+        lines = [f"surgery diff: {self.before} → {self.after}"]
+        changed = self.changed_slots
+        lines.append("")
+        lines.append(f"Slots: {_counts(changed)}" if changed else "Slots: none changed")
+        lines.extend(f"  {c}" for c in changed)
+        lines.append("")
+        lines.append(f"Modules: {_counts(self.modules)}" if self.modules else "Modules: none changed")
+        lines.extend(f"  {c}" for c in self.modules)
+        lines.append("")
+        lines.append("Cost" + (f" ({self._cost_caption()})" if self.flops or self.latency or self.memory else " (parameters only)"))
+        header = ("", "before", "after", "Δ", "ratio")
+        rows = [header, *(m.row() for m in self.measures)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        for r in rows:
+            lines.append("  " + "  ".join(r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i]) for i in range(len(r))).rstrip())
+        for p in self.problems:
+            lines.append(f"  ! {p}")
+        return "\n".join(lines)
+
+    def _cost_caption(self) -> str:
+        s = self.settings
+        parts = [f"eval forward, {s.get('batch_size', 1)} image(s) {s.get('image_size')}×{s.get('image_size')}", f"on {s.get('device')}"]
+        if self.latency is not None:
+            parts.append(f"latency median of {s.get('runs')} runs")
+        return ", ".join(parts)
+
+
+def _counts(changes: list[Change]) -> str:
+    n = {k: sum(1 for c in changes if c.status == k) for k in ("changed", "added", "removed")}
+    return ", ".join(f"{v} {k}" for k, v in n.items())
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class ProgressBar:
+    """A one-line text progress bar, redrawn in place (for a terminal's stderr).
+
+    Args:
+        stream: Where to draw (``sys.stderr`` when None).
+        width: Bar width in characters.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, width: int = 28) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        frac = 0.0 if total <= 0 else min(1.0, done / total)
+        filled = int(round(frac * self.width))
+        bar = "█" * filled + "·" * (self.width - filled)
+        self.stream.write(f"\r  [{bar}] {done}/{total} {what:<32}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------------- measurement helpers
+
+
+class _PeakTensorMemory(TorchDispatchMode):
+    """Tracks the bytes held by storages that operators create, and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(s) for s in map(_storage, tree_flatten((args, kwargs))[0]) if s is not None}
+        for t in tree_flatten(out)[0]:
+            storage = _storage(t)
+            if storage is None:
+                continue
+            key = id(storage)
+            if key in self.live or key in inputs:  # a view of, or an in-place write to, an input
+                continue
+            self.live[key] = storage.nbytes()
+            self.current += self.live[key]
+            weakref.finalize(storage, self._release, key)
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def _storage(value: Any) -> Any:
+    """The untyped storage behind a tensor, or None (not a tensor, meta, sparse, wrapper)."""
+    if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+        return None
+    try:
+        return value.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _all_detections(model: nn.Module) -> Iterator[None]:
+    """Set every module's float ``score_thresh`` to 0 for the block, then put it back."""
+    saved: list[tuple[nn.Module, float]] = []
+    for m in model.modules():
+        value = m.__dict__.get("score_thresh")
+        if isinstance(value, float):
+            saved.append((m, value))
+    try:
+        for m, _ in saved:
+            m.__dict__["score_thresh"] = 0.0
+        yield
+    finally:
+        for m, value in saved:
+            m.__dict__["score_thresh"] = value
+
+
+class _Runner:
+    """One model prepared for eval forwards on a fixed synthetic batch."""
+
+    def __init__(self, name: str, model: nn.Module, image_size: int, batch_size: int) -> None:
+        from surgery.synthetic import fit_transform, synthetic_batch
+
+        self.name = name
+        self.model = model
+        self.device = _device_of(model)
+        batch = synthetic_batch(model, batch_size=batch_size, image_size=image_size, device=self.device, seed=0)
+        self.images = batch.images
+        if isinstance(self.images, list):
+            fit_transform(model, [(image_size, image_size)] * len(self.images))
+        model.eval()
+        self.error: str | None = None
+
+    def forward(self) -> None:
+        with torch.no_grad():
+            self.model(self.images)
+
+    def attempt(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``; a model whose forward raises is recorded and skipped from then on."""
+        if self.error is not None:
+            return None
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - a user's model may raise anything; the diff reports it
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            self.error = f"{self.name} model: eval forward raised {type(e).__name__}: {first}"
+            return None
+
+    def flops_and_memory(self) -> tuple[int, int]:
+        """FLOPs and peak memory of one eval forward."""
+        counter = FlopCounterMode(display=False)
+        if self.device.type == "cuda":
+            _sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            with counter:
+                self.forward()
+            _sync(self.device)
+            return int(counter.get_total_flops()), int(torch.cuda.max_memory_allocated(self.device) - base)
+        tracker = _PeakTensorMemory()
+        with counter, tracker:
+            self.forward()
+        return int(counter.get_total_flops()), int(tracker.peak)
+
+    def timed(self) -> float:
+        _sync(self.device)
+        start = time.perf_counter()
+        self.forward()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def _measure_costs(
+    before: nn.Module, after: nn.Module, *, image_size: int, batch_size: int, runs: int, progress: Progress | None
+) -> tuple[Measure, Measure, Measure, dict[str, Any], list[str]]:
+    total = 2 + 2 * (runs + 1)
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    with ExitStack() as stack:
+        for model in (before, after):
+            stack.enter_context(preserved(model))
+            stack.enter_context(_all_detections(model))
+        runners = [_Runner("before", before, image_size, batch_size), _Runner("after", after, image_size, batch_size)]
+        if progress is not None:
+            progress(0, total, "FLOPs and memory")
+        counted = []
+        for r in runners:
+            counted.append(r.attempt(r.flops_and_memory) or (None, None))
+            step(f"FLOPs and memory ({r.name})")
+        flops = [c[0] for c in counted]
+        memory = [c[1] for c in counted]
+        times: list[list[float]] = [[], []]
+        for i in range(runs + 1):  # round 0 warms up (first-call allocations, kernel selection) and is not counted
+            for j, r in enumerate(runners):
+                t = r.attempt(r.timed)
+                if t is not None and i > 0:
+                    times[j].append(t)
+                step(f"latency ({r.name}) {i}/{runs}" if i else f"warm-up ({r.name})")
+        latency = [statistics.median(t) if t else None for t in times]
+        devices = sorted({str(r.device) for r in runners})
+        problems = [r.error for r in runners if r.error is not None]
+    settings = {
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "runs": runs,
+        "device": ", ".join(devices),
+        "memory_method": "torch.cuda.max_memory_allocated"
+        if all(r.device.type == "cuda" for r in runners)
+        else "peak bytes of tensors created by operators (TorchDispatchMode)",
+        "score_thresh": 0.0,
+    }
+    return (
+        Measure("FLOPs", _num(flops[0]), _num(flops[1]), "flop"),
+        Measure("latency", latency[0], latency[1], "s"),
+        Measure("peak memory", _num(memory[0]), _num(memory[1]), "bytes"),
+        settings,
+        problems,
+    )
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def diff(
+    before: nn.Module,
+    after: nn.Module,
+    *,
+    cost: bool = True,
+    image_size: int = 320,
+    batch_size: int = 1,
+    runs: int = 3,
+    progress: Progress | None = None,
+) -> Diff:
+    """Compare two models: structure (slots and modules) and, optionally, cost.
+
+    Both models are left exactly as they were (modes, hooks, parameters, buffers, transform
+    sizes, score thresholds).
+
+    Args:
+        before: The model before the edit.
+        after: The model after the edit.
+        cost: Also measure FLOPs, latency and peak memory (parameter counts are always given).
+        image_size: Side of the square synthetic images of the eval forward.
+        batch_size: Images per forward.
+        runs: Timed forwards per model for the latency median (after one warm-up each).
+        progress: Called as ``progress(done, total, what)`` during the cost measurement, e.g.
+            a :class:`ProgressBar`.
+
+    Returns:
+        A :class:`Diff`; print it for a table, or call ``to_dict()``.
+
+    Raises:
+        NotAModuleError: ``before`` or ``after`` is not an ``nn.Module``.
+        ValueError: ``image_size``, ``batch_size`` or ``runs`` is out of range.
+    """
+    for name, value in (("before", before), ("after", after)):
+        if not isinstance(value, nn.Module):
+            raise NotAModuleError(f"diff() takes two nn.Modules; {name} is a {type(value).__name__}")
+    for name, number, low in (("image_size", image_size, 32), ("batch_size", batch_size, 1), ("runs", runs, 1)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {number!r}")
+    total_b, trainable_b = count_params(before)
+    total_a, trainable_a = count_params(after)
+    result = Diff(
+        before=type(before).__name__,
+        after=type(after).__name__,
+        slots=slot_changes(before, after),
+        modules=module_changes(before, after),
+        params=Measure("params", total_b, total_a),
+        trainable=Measure("trainable", trainable_b, trainable_a),
+    )
+    if cost:
+        flops, latency, memory, settings, problems = _measure_costs(
+            before, after, image_size=image_size, batch_size=batch_size, runs=runs, progress=progress
+        )
+        result.flops, result.latency, result.memory = flops, latency, memory
+        result.settings = settings
+        result.problems = problems
+    return result
