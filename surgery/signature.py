@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_NORM = (*_BATCHNORM, nn.GroupNorm)
 _LAYERS = (*_CONV, nn.Linear, *_NORM)
 
 
@@ -85,7 +86,7 @@ def _in_of(name: str, layer: nn.Module) -> Signature | None:
         return Signature("features", int(layer.in_features), name)
     if isinstance(layer, nn.GroupNorm):
         return Signature("channels", int(layer.num_channels), name)
-    if isinstance(layer, _NORM):
+    if isinstance(layer, _BATCHNORM):
         return Signature("channels", int(layer.num_features), name)
     return None
 

@@ -42,16 +42,17 @@ def _static_fpn_features(backbone: nn.Module) -> Features | None:
         return None
     body = backbone.body
     names = [body.return_layers[n] for n in body._modules if n in body.return_layers]
-    widths = {channels for block in fpn.layer_blocks if (channels := _out(block)) is not None}
+    widths = {w for block in fpn.layer_blocks if (w := _out(block)) is not None}
     if len(widths) != 1:
         return None
     (width,) = widths
+    channels: dict[str, int | None]
     if isinstance(fpn.extra_blocks, LastLevelP6P7):
         p6, p7 = fpn.extra_blocks.p6.out_channels, fpn.extra_blocks.p7.out_channels
         channels = {**dict.fromkeys(names, width), "p6": int(p6), "p7": int(p7)}
     else:
         channels = dict.fromkeys(names + extra, width)
-    return Features(names + extra, dict(channels), "static")
+    return Features(names + extra, channels, "static")
 
 
 def _out(module: nn.Module) -> int | None:
@@ -155,4 +156,5 @@ def backbone_contracts_findings(ctx: Context, path: str = "backbone") -> Iterabl
 
 
 def _body_widths(body: nn.Module) -> list[int | None]:
-    return [_out(body._modules[n]) for n in body._modules if n in body.return_layers]  # type: ignore[arg-type]
+    return_layers: dict[str, str] = body.return_layers  # type: ignore[assignment]
+    return [_out(child) for n, child in body._modules.items() if n in return_layers and child is not None]

@@ -287,10 +287,10 @@ def feed(
         findings.append(
             finding(
                 "error",
-                "channel-mismatch" if _looks_like_shape(result.error) else "shape-error",
+                "channel-mismatch" if looks_like_shape(result.error) else "shape-error",
                 (producer, consumer),
                 f"{consumer} ({type(module).__name__}) raised when fed {producer}'s output "
-                f"of {_describe_input(flow, what)}: {type(result.error).__name__} in {where}: {_first_line(result.error)}",
+                f"of {_describe_input(flow, what)}: {type(result.error).__name__} in {where}: {first_line(result.error)}",
                 fix,
             )
         )
@@ -309,12 +309,15 @@ def _flow_of(output: Any) -> Flow | None:
     return None
 
 
-def _looks_like_shape(error: BaseException | None) -> bool:
-    text = str(error)
-    return any(k in text for k in ("channels", "shape", "size", "mat1 and mat2", "dimension"))
+def looks_like_shape(error: BaseException | None) -> bool:
+    """True when an exception's text is about channels, shapes or sizes (a mismatch, not another bug)."""
+    text = str(error).lower()
+    # CPU kernels say "mat1 and mat2 shapes", meta kernels "must have same reduction dim"
+    return any(k in text for k in ("channel", "shape", "size", "mat1 and mat2", "reduction dim", "dimension"))
 
 
-def _first_line(error: BaseException | None) -> str:
+def first_line(error: BaseException | None) -> str:
+    """The first line of an exception's text, or its type name when it has none."""
     return str(error).strip().splitlines()[0] if error is not None and str(error).strip() else type(error).__name__
 
 

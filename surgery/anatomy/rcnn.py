@@ -16,7 +16,19 @@ from torchvision.models.detection.rpn import RPNHead
 
 from surgery import paths
 from surgery.anatomy._backbone import backbone_contracts_findings, backbone_features
-from surgery.anatomy._base import PROBE_BATCH, Anatomy, Context, Contract, Features, Flow, Slot, feed, finding
+from surgery.anatomy._base import (
+    PROBE_BATCH,
+    Anatomy,
+    Context,
+    Contract,
+    Features,
+    Flow,
+    Slot,
+    feed,
+    finding,
+    first_line,
+    looks_like_shape,
+)
 from surgery.findings import Finding, Severity
 from surgery.signature import Signature, input_signature, meta_like, output_signature
 
@@ -156,10 +168,12 @@ def _rpn_channels(ctx: Context) -> Iterable[Finding]:
     probe = ctx.probe_with("rpn.head", "features", _feature_flow(ctx, feats))
     if not probe.ok and not probe.inconclusive:
         sig = input_signature(head)
-        expects = f"expects {sig.size} (in rpn.head.{sig.source})" if sig else "raised"
-        yield finding("error", "channel-mismatch", ("backbone", "rpn.head"),
+        wrong_width = sig is not None and sig.size != width
+        expects = f"expects {sig.size} (in rpn.head.{sig.source}) and raised" if sig is not None and wrong_width else "raised"
+        code = "channel-mismatch" if wrong_width or looks_like_shape(probe.error) else "shape-error"
+        yield finding("error", code, ("backbone", "rpn.head"),
                       f"backbone produces {width} channels but rpn.head ({type(head).__name__}) {expects}: "
-                      f"{type(probe.error).__name__} in {('rpn.head.' + probe.where).rstrip('.')}: {str(probe.error).splitlines()[0] if str(probe.error) else ''}",
+                      f"{type(probe.error).__name__} in {paths.join('rpn.head', probe.where)}: {first_line(probe.error)}",
                       fix)
 
 
@@ -292,9 +306,10 @@ def _branch(ctx: Context, kind: str) -> Iterable[Finding]:
         # a custom predictor returns (scores, deltas): probe it directly
         probe = ctx.probe(pred_path, (PROBE_BATCH, *(head_flow.shape or (head_flow.width,))))
         if not probe.ok and not probe.inconclusive:
-            yield finding("error", "channel-mismatch", (head_path, pred_path),
+            yield finding("error", "channel-mismatch" if looks_like_shape(probe.error) else "shape-error", (head_path, pred_path),
                           f"{head_path} produces {head_flow.describe()} features but {pred_path} ({type(predictor).__name__}) "
-                          f"raised on them: {type(probe.error).__name__}: {str(probe.error).splitlines()[0] if str(probe.error) else ''}",
+                          f"raised on them: {type(probe.error).__name__} in {paths.join(pred_path, probe.where)}: "
+                          f"{first_line(probe.error)}",
                           _predictor_fix(kind, predictor, head_flow.width))
         return
     findings, _ = feed(ctx, head_path, head_flow, pred_path, fix=_predictor_fix(kind, predictor, head_flow.width))

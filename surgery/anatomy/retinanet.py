@@ -8,9 +8,10 @@ from torch import nn
 from torchvision.models.detection.retinanet import RetinaNet
 
 from surgery.anatomy._backbone import backbone_contracts_findings, backbone_features
-from surgery.anatomy._base import Anatomy, Context, Contract, Features, Flow, Slot, feed, finding
+from surgery.anatomy._base import Anatomy, Context, Contract, Features, Flow, Slot, feed, finding, is_stock
 from surgery.anatomy.rcnn import anchor_maps_findings
 from surgery.findings import Finding
+from surgery.signature import input_signature
 
 __all__ = ["DenseAnatomy", "RetinaNetAnatomy"]
 
@@ -68,8 +69,7 @@ class DenseAnatomy(Anatomy):
             part = ctx.get(path)
             conv = getattr(part, "conv", None)
             target = f"{path}.conv" if isinstance(conv, nn.Module) and ctx.has(f"{path}.conv") else path
-            findings, _ = feed(ctx, "backbone", Flow(None, width), target,
-                               fix=f"rebuild model.head with in_channels={width} (e.g. {self.head_class}({width}, ...))")
+            findings, _ = feed(ctx, "backbone", Flow(None, width), target, fix=self._head_fix(ctx, width=width))
             yield from (finding(f.severity, f.code, ("backbone", path), f.message, f.fix) for f in findings)
 
     def _anchor_maps(self, ctx: Context) -> Iterable[Finding]:
@@ -80,6 +80,28 @@ class DenseAnatomy(Anatomy):
         ratios = getattr(gen, "aspect_ratios", None)
         yield from anchor_maps_findings(ctx, "anchor_generator", list(sizes), list(ratios) if ratios is not None else None,
                                         backbone_features(ctx, "backbone"))
+
+    def _head_fix(self, ctx: Context, *, width: int | None = None, anchors: int | None = None) -> str:
+        """A line rebuilding the whole head with the right sizes (a description for a custom head)."""
+        cls_head = ctx.get(CLS)
+        if width is None:
+            feats = backbone_features(ctx, "backbone")
+            width = feats.common_channels() if isinstance(feats, Features) else None
+        if width is None:
+            sig = input_signature(cls_head)
+            width = int(sig.size) if sig is not None and isinstance(sig.size, int) else None
+        if anchors is None:
+            fn = getattr(ctx.get("anchor_generator"), "num_anchors_per_location", None) if ctx.has("anchor_generator") else None
+            counts = sorted({int(a) for a in fn()}) if callable(fn) else []
+            anchors = counts[0] if len(counts) == 1 else getattr(cls_head, "num_anchors", None)
+        classes = getattr(cls_head, "num_classes", None)
+        head = ctx.get("head") if ctx.has("head") else None
+        if head is None or type(head).__name__ != self.head_class or not is_stock(head) or None in (width, anchors, classes):
+            return f"rebuild model.head to take {width} channels with {anchors} anchors per location and {classes} classes"
+        norm = ""
+        if self.head_class == "RetinaNetHead" and any(isinstance(m, nn.GroupNorm) for m in head.modules()):
+            norm = ", norm_layer=partial(nn.GroupNorm, 32)"
+        return f"model.head = {self.head_class}({width}, {anchors}, {classes}{norm})"
 
     def _anchors(self, ctx: Context) -> Iterable[Finding]:
         gen = ctx.get("anchor_generator")
@@ -98,27 +120,34 @@ class DenseAnatomy(Anatomy):
         declared = getattr(cls_head, "num_anchors", None)
         classes = getattr(cls_head, "num_classes", None)
         logits = getattr(cls_head, "cls_logits", None)
-        if isinstance(declared, int) and declared != a:
+        fix = self._head_fix(ctx, anchors=a)
+        wrong_anchors = isinstance(declared, int) and declared != a
+        if wrong_anchors:
             yield finding("error", "anchor-mismatch", ("anchor_generator", CLS),
-                          f"anchor_generator makes {a} anchors per location but {CLS}.num_anchors is {declared}",
-                          f"rebuild model.head with num_anchors={a}")
+                          f"anchor_generator makes {_count(a, 'anchor')} per location but {CLS}.num_anchors is {declared}",
+                          fix)
         if isinstance(logits, nn.Conv2d) and isinstance(classes, int):
             expect = a * classes
-            if logits.out_channels != expect:
-                per_anchor = logits.out_channels / a
-                code = "num-classes-mismatch" if logits.out_channels % a == 0 else "anchor-mismatch"
+            out = int(logits.out_channels)
+            # a head built for another anchor count is already reported above
+            if out != expect and not (isinstance(declared, int) and wrong_anchors and out == declared * classes):
+                code = "num-classes-mismatch" if out % a == 0 else "anchor-mismatch"
                 yield finding("error", code, ("anchor_generator", CLS),
-                              f"{CLS}.cls_logits has {logits.out_channels} output channels but {a} anchors × "
+                              f"{CLS}.cls_logits has {out} output channels but {_count(a, 'anchor')} × "
                               f"{classes} classes ({CLS}.num_classes) = {expect}"
-                              + (f"; it predicts {per_anchor:g} classes per anchor" if code == "num-classes-mismatch" else ""),
-                              f"rebuild model.head with num_anchors={a}, num_classes={classes}")
+                              + (f"; it predicts {out // a} classes per anchor" if code == "num-classes-mismatch" else ""),
+                              fix)
         for layer, per in self.regression_outputs:
             conv = getattr(reg_head, layer, None)
             if isinstance(conv, nn.Conv2d) and conv.out_channels != per * a:
                 yield finding("error", "anchor-mismatch", ("anchor_generator", f"{REG}.{layer}"),
-                              f"anchor_generator makes {a} anchors per location, so {REG}.{layer} must output "
+                              f"anchor_generator makes {_count(a, 'anchor')} per location, so {REG}.{layer} must output "
                               f"{per} × {a} = {per * a} channels, but it outputs {conv.out_channels}",
-                              f"rebuild model.head with num_anchors={a}")
+                              fix)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class RetinaNetAnatomy(DenseAnatomy):

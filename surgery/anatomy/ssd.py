@@ -61,7 +61,8 @@ def _ssd(ctx: Context) -> Iterable[Finding]:
         yield feats
         return
     gen = ctx.get("anchor_generator")
-    anchors = [int(a) for a in gen.num_anchors_per_location()] if callable(getattr(gen, "num_anchors_per_location", None)) else []
+    per_location = getattr(gen, "num_anchors_per_location", None)
+    anchors = [int(a) for a in per_location()] if callable(per_location) else []
     cls_head, reg_head = ctx.get(CLS), ctx.get(REG)
     cls_list = getattr(cls_head, "module_list", None)
     reg_list = getattr(reg_head, "module_list", None)
@@ -81,29 +82,45 @@ def _ssd(ctx: Context) -> Iterable[Finding]:
         width = feats.channels.get(name)
         if width is None:
             continue
-        for head_path in (CLS, REG):
-            findings, _ = feed(ctx, "backbone", Flow(None, width), f"{head_path}.module_list.{i}",
-                               fix=f"make {head_path}.module_list.{i} take {width} channels")
-            yield from findings
         a = anchors[i]
+        for head_path, entries in ((CLS, cls_list), (REG, reg_list)):
+            out = output_signature(entries[i])
+            findings, _ = feed(ctx, "backbone", Flow(None, width), f"{head_path}.module_list.{i}",
+                               fix=_conv_fix(head_path, i, entries[i], width, int(out.size) if out is not None else None))  # type: ignore[arg-type]
+            yield from (finding(f.severity, f.code, f.paths, f"feature map '{name}': {f.message}", f.fix) for f in findings)
         cls_out = output_signature(cls_list[i])
         reg_out = output_signature(reg_list[i])
         if reg_out is not None and int(reg_out.size) != 4 * a:  # type: ignore[arg-type]
             yield finding("error", "anchor-mismatch", ("anchor_generator", f"{REG}.module_list.{i}"),
                           f"anchor_generator makes {a} default boxes per location on map '{name}', so "
                           f"{REG}.module_list.{i} must output 4 × {a} = {4 * a} channels, but it outputs {reg_out.size}",
-                          f"nn.Conv2d({width}, {4 * a}, kernel_size=3, padding=1)")
+                          _conv_fix(REG, i, reg_list[i], width, 4 * a))
         if cls_out is not None:
             size = int(cls_out.size)  # type: ignore[arg-type]
             if size % a:
                 yield finding("error", "anchor-mismatch", ("anchor_generator", f"{CLS}.module_list.{i}"),
                               f"{CLS}.module_list.{i} outputs {size} channels, not a multiple of the {a} default boxes "
                               f"per location on map '{name}'",
-                              f"nn.Conv2d({width}, {a} * num_classes, kernel_size=3, padding=1)")
+                              _conv_fix(CLS, i, cls_list[i], width, a * columns if isinstance(columns, int) else None))
             else:
                 per_map_classes.append(size // a)
                 if isinstance(columns, int) and size // a != columns:
                     yield finding("error", "num-classes-mismatch", (CLS, f"{CLS}.module_list.{i}"),
                                   f"{CLS}.num_columns is {columns} classes but {CLS}.module_list.{i} predicts "
                                   f"{size} / {a} = {size // a} classes per default box",
-                                  f"nn.Conv2d({width}, {a * columns}, kernel_size=3, padding=1)")
+                                  _conv_fix(CLS, i, cls_list[i], width, a * columns))
+    if not isinstance(columns, int) and len(set(per_map_classes)) > 1:
+        yield finding("error", "num-classes-mismatch", (CLS,),
+                      f"the maps of {CLS}.module_list predict different class counts per default box: {per_map_classes}; "
+                      "every map must score the same classes",
+                      f"rebuild {CLS} with one num_classes for every map")
+
+
+def _conv_fix(head_path: str, i: int, entry: nn.Module, width: int, out: int | None) -> str:
+    """A line replacing one per-map conv of an SSD head, or what to rebuild when it is not a plain conv."""
+    target = f"model.{head_path}.module_list[{i}]"
+    if isinstance(entry, nn.Conv2d) and out is not None:
+        k, p = entry.kernel_size[0], entry.padding[0] if isinstance(entry.padding, tuple) else entry.padding
+        return f"{target} = nn.Conv2d({width}, {out}, kernel_size={k}, padding={p})"
+    wanted = f"{out} channels" if out is not None else "a multiple of its default boxes per location"
+    return f"rebuild {target} ({type(entry).__name__}) to take {width} channels and output {wanted}"
