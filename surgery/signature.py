@@ -188,13 +188,43 @@ def meta_probe(module: nn.Module, *args: Any, **kwargs: Any) -> ProbeResult:
         A :class:`ProbeResult`.
     """
     state = _meta_state(module)
+    guards = _guard_transposed(module)
     try:
         with torch.no_grad():
             out = functional_call(module, state, args, kwargs, tie_weights=False, strict=False)
         return ProbeResult(output=out)
     except Exception as e:  # noqa: BLE001 - any failure inside user code is a finding
         error: BaseException = e
-    return ProbeResult(error=error, where=_locate_failure(module, state, args, kwargs), inconclusive=_is_probe_limitation(error))
+    finally:
+        for h in guards:
+            h.remove()
+    where = _locate_failure(module, state, args, kwargs)
+    return ProbeResult(error=error, where=where, inconclusive=_is_probe_limitation(error))
+
+
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _check_transposed_input(m: nn.Module, inputs: tuple[Any, ...]) -> None:
+    x = inputs[0] if inputs else None
+    expected = int(m.in_channels)  # type: ignore[arg-type]
+    if isinstance(x, torch.Tensor) and x.dim() >= 2:
+        got = int(x.shape[1] if x.dim() > m.weight.dim() - 2 else x.shape[0])  # type: ignore[union-attr,operator]
+        if got != expected:
+            raise RuntimeError(
+                f"Given transposed=1, weight of size {list(m.weight.shape)}, expected input{list(x.shape)} "  # type: ignore[union-attr]
+                f"to have {expected} channels, but got {got} channels instead"
+            )
+
+
+def _guard_transposed(module: nn.Module) -> list[Any]:
+    """Input-channel checks for transposed convs, whose meta kernel does not check them.
+
+    The real CPU/CUDA kernels raise on a channel mismatch; on meta tensors
+    ``conv_transpose`` silently succeeds, so the probe adds the check as a pre-hook
+    (removed again before the probe returns).
+    """
+    return [m.register_forward_pre_hook(_check_transposed_input) for m in module.modules() if isinstance(m, _TRANSPOSED)]
 
 
 def _locate_failure(module: nn.Module, state: dict[str, torch.Tensor], args: Any, kwargs: Any) -> str:
@@ -214,6 +244,7 @@ def _locate_failure(module: nn.Module, state: dict[str, torch.Tensor], args: Any
         for m in module.modules():
             handles.append(m.register_forward_pre_hook(pre))
             handles.append(m.register_forward_hook(post))
+        handles += _guard_transposed(module)  # after ``pre``, so the raising module is on the stack
         with torch.no_grad():
             functional_call(module, state, args, kwargs, tie_weights=False, strict=False)
     except Exception:  # noqa: BLE001 - the failure is expected; we only want where it happened

@@ -980,3 +980,30 @@ def test_console_script_check_on_the_example() -> None:
     payload = json.loads(proc.stdout)
     assert [f["code"] for f in payload["findings"]] == ["channel-mismatch"]
 
+
+
+def test_custom_predictor_starting_with_transposed_conv_is_checked(bases: Callable[[str], nn.Module]) -> None:
+    """Meta kernels of conv_transpose do not validate input channels; the probe must."""
+    model = bases("maskrcnn")
+    with swapped(model, {"roi_heads.mask_head": MaskRCNNHeads(256, (256, 512), 1),
+                         "roi_heads.mask_predictor": UpsampleMaskPredictor(256, 5)}):
+        report = surgery.check(model)
+        mismatches = [f for f in report.errors if f.code == "channel-mismatch"]
+        assert [f.paths for f in mismatches] == [("roi_heads.mask_head", "roi_heads.mask_predictor")]
+        assert "roi_heads.mask_head produces 512 channels" in mismatches[0].message
+        assert "expects 256 (in roi_heads.mask_predictor.up)" in mismatches[0].message
+    with swapped(model, {"roi_heads.mask_head": MaskRCNNHeads(256, (256, 512), 1),
+                         "roi_heads.mask_predictor": UpsampleMaskPredictor(512, 5)}):
+        assert surgery.check(model).ok
+
+
+def test_transposed_conv_guard_raises_like_the_real_kernel_and_leaves_no_hook() -> None:
+    from surgery.signature import meta_like, meta_probe
+
+    predictor = UpsampleMaskPredictor(256, 5)
+    result = meta_probe(predictor, meta_like((2, 512, 14, 14)))
+    assert not result.ok and not result.inconclusive
+    assert result.where == "up"
+    with pytest.raises(RuntimeError, match="expected input.* to have 256 channels, but got 512"):
+        predictor(torch.zeros(1, 512, 14, 14))  # the real CPU kernel agrees
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in predictor.modules())
