@@ -229,7 +229,7 @@ def _layer_table(model: nn.Module, input_size: tuple[int, ...], depth: int, fami
         if family != "generic":
             side = input_size[-2:]
             model.eval()
-            transform = model._modules.get("transform")
+            transform: Any = model._modules.get("transform")
             if transform is not None and hasattr(transform, "min_size"):
                 transform.min_size = (min(side),)
                 transform.max_size = max(side)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -206,14 +206,15 @@ _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _check_transposed_input(m: nn.Module, inputs: tuple[Any, ...]) -> None:
+    conv = cast(nn.modules.conv._ConvTransposeNd, m)
     x = inputs[0] if inputs else None
-    expected = int(m.in_channels)  # type: ignore[arg-type]
     if isinstance(x, torch.Tensor) and x.dim() >= 2:
-        got = int(x.shape[1] if x.dim() > m.weight.dim() - 2 else x.shape[0])  # type: ignore[union-attr,operator]
-        if got != expected:
+        batched = x.dim() == conv.weight.dim()
+        got = int(x.shape[1] if batched else x.shape[0])
+        if got != conv.in_channels:
             raise RuntimeError(
-                f"Given transposed=1, weight of size {list(m.weight.shape)}, expected input{list(x.shape)} "  # type: ignore[union-attr]
-                f"to have {expected} channels, but got {got} channels instead"
+                f"Given transposed=1, weight of size {list(conv.weight.shape)}, expected input{list(x.shape)} "
+                f"to have {conv.in_channels} channels, but got {got} channels instead"
             )
 
 
