@@ -11,35 +11,89 @@ Public names are imported here and nowhere else::
 from __future__ import annotations
 
 from surgery import paths
-from surgery._errors import IncompatibleError, LoadError, NotAModuleError, PathError, SmokeTestError, SurgeryError
+from surgery._errors import IncompatibleError, LoadError, NotAModuleError, PathError, RenderError, SmokeTestError, SurgeryError
 from surgery.check import check
+from surgery.diff import Diff, diff
+from surgery.edit import (
+    Adaptation,
+    ClassChange,
+    EditResult,
+    TrainableRow,
+    TrainableSummary,
+    Transaction,
+    adapt,
+    edit,
+    freeze,
+    freeze_backbone_layers,
+    replace,
+    set_num_classes,
+    trainable_summary,
+    unfreeze,
+)
 from surgery.findings import CODES, Finding, Report
 from surgery.loading import DEFAULT_SPEC, WeightsReport, load_model, load_weights
 from surgery.overview import Component, Overview, components, inspect
+from surgery.recipe import Recipe, RecipeError, RecipeResult, rebuild
+from surgery.render import Graph, render
 from surgery.signature import Signature
+from surgery.smoke import SmokeResult, smoke_test
+from surgery.synthetic import SyntheticBatch, synthetic_batch
+from surgery.trace import TensorInfo, Trace, TraceCall, TraceEdge, trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CODES",
     "DEFAULT_SPEC",
+    "Adaptation",
+    "ClassChange",
     "Component",
+    "Diff",
+    "EditResult",
     "Finding",
+    "Graph",
     "IncompatibleError",
     "LoadError",
     "WeightsReport",
     "NotAModuleError",
     "Overview",
     "PathError",
+    "Recipe",
+    "RecipeError",
+    "RecipeResult",
+    "RenderError",
     "Report",
     "Signature",
+    "SmokeResult",
     "SmokeTestError",
     "SurgeryError",
+    "SyntheticBatch",
+    "TensorInfo",
+    "Trace",
+    "TraceCall",
+    "TraceEdge",
+    "TrainableRow",
+    "TrainableSummary",
+    "Transaction",
     "__version__",
+    "adapt",
     "check",
     "components",
+    "diff",
+    "edit",
+    "freeze",
+    "freeze_backbone_layers",
     "inspect",
     "load_model",
     "load_weights",
     "paths",
+    "rebuild",
+    "render",
+    "replace",
+    "set_num_classes",
+    "smoke_test",
+    "synthetic_batch",
+    "trace",
+    "trainable_summary",
+    "unfreeze",
 ]

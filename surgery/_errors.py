@@ -59,6 +59,10 @@ class SmokeTestError(SurgeryError, RuntimeError):
     """A smoke test could not run or failed."""
 
 
+class RenderError(SurgeryError, RuntimeError):
+    """A diagram could not be written (e.g. Graphviz's ``dot`` binary is missing)."""
+
+
 class LoadError(SurgeryError):
     """A model spec or a weights file could not be loaded.
 

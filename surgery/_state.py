@@ -45,7 +45,7 @@ class Snapshot:
 
     def restore(self) -> None:
         """Put everything back (buffers in place, so the same tensor objects stay registered)."""
-        for p, (device, dtype) in zip(self.params, self.param_places):
+        for p, (device, dtype) in zip(self.params, self.param_places, strict=True):
             if p.device != device or p.dtype != dtype:
                 p.data = p.data.to(device=device, dtype=dtype)
         with torch.no_grad():
@@ -60,19 +60,19 @@ class Snapshot:
                         current.copy_(saved)
                 else:
                     m._buffers[name] = saved
-        for m, flag in zip(self.modules, self.training):
+        for m, flag in zip(self.modules, self.training, strict=True):
             m.training = flag
-        for m, saved_hooks in zip(self.modules, self.hooks):
+        for m, saved_hooks in zip(self.modules, self.hooks, strict=True):
             for name, keys in saved_hooks.items():
                 hooks = getattr(m, name, None)
                 if hooks:
                     for k in [k for k in hooks if k not in keys]:
                         del hooks[k]
-        for p, flag, grad in zip(self.params, self.requires_grad, self.grads):
+        for p, flag, grad in zip(self.params, self.requires_grad, self.grads, strict=True):
             p.requires_grad_(flag)
             p.grad = grad
-        for m, saved in self.sizes:
-            for attr, value in saved.items():
+        for m, sizes in self.sizes:
+            for attr, value in sizes.items():
                 setattr(m, attr, value)
 
 

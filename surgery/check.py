@@ -28,7 +28,7 @@ def _applicable(ctx: Context, contract: Contract) -> bool:
     return all(p == "" or ctx.has(p) for p in contract.paths)
 
 
-def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_size: int = 320) -> Report:
+def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_size: int = 320, trace: bool = False) -> Report:
     """Check that the components of ``model`` fit each other.
 
     Runs every contract of the model's family (channels, features, anchors, classes, feature
@@ -38,7 +38,13 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
     Args:
         model: The model to check.
         paths: Only run the contracts touching these slots (orphan detection always runs).
-        probe_image_size: Side of the square image used by meta probes of the backbone.
+        probe_image_size: Side of the square image used by meta probes of the backbone (and
+            by the traced passes).
+        trace: Also run an eval pass and a train step with backward on a synthetic batch
+            (:func:`surgery.trace`) and add its findings: ``orphan-module`` (never called in
+            either mode), ``unused-parameter`` (trainable, no gradient; one finding per
+            module), ``non-finite`` and ``shape-error`` (the forward raised). This runs the
+            model for real; the model is left exactly as it was.
 
     Returns:
         A :class:`~surgery.Report`; ``report.ok`` is False when any error was found.
@@ -69,6 +75,11 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
     slot_paths = [s.path for s in anatomy.declared_slots(model)]
     report.checked.append("static orphan detection")
     report.extend(find_orphans(model, slot_paths))
+    if trace:
+        from surgery.trace import trace_findings
+
+        report.checked.append("trace (eval pass + train step with backward)")
+        report.extend(trace_findings(model, image_size=probe_image_size, known=report.findings))
     return report
 
 

@@ -84,7 +84,7 @@ def _cmd_check(ns: argparse.Namespace) -> int:
     from surgery.check import check
 
     model = _load(ns)
-    report = check(model)
+    report = check(model, trace=ns.trace)
     report.model = _spec_name(ns)
     fmt = "json" if ns.json else ns.format
     if fmt == "json":
@@ -97,6 +97,120 @@ def _cmd_check(ns: argparse.Namespace) -> int:
     else:
         print(report)
     return EXIT_OK if report.ok else EXIT_ERRORS
+
+
+def _cmd_trace(ns: argparse.Namespace) -> int:
+    from surgery.trace import trace
+
+    if ns.train and ns.mode not in (None, "train"):
+        raise ValueError(f"--train means --mode train; it contradicts --mode {ns.mode}")
+    model = _load(ns)
+    result = trace(model, mode=ns.mode or ("train" if ns.train else "eval"), image_size=ns.image_size, depth=ns.depth, strict=False)
+    if ns.json:
+        body = result.to_dict()
+        _emit_json({"model": _spec_name(ns), "ok": result.ok, "findings": body.pop("findings"), **{k: v for k, v in body.items() if k != "model"},
+                    "class": result.model})
+    else:
+        print(result)
+    return EXIT_OK if result.ok else EXIT_ERRORS
+
+
+def _cmd_apply(ns: argparse.Namespace) -> int:
+    from surgery._errors import IncompatibleError
+    from surgery.loading import parse_args
+    from surgery.recipe import Recipe
+
+    recipe = Recipe.load(ns.recipe)
+    spec, args = recipe.model_spec(ns.spec, parse_args(ns.arg))
+    model = load_model(spec, args, ns.weights, ns.trust)
+    head = {"model": spec, "recipe": ns.recipe}
+    try:
+        result = recipe.apply(model)
+    except IncompatibleError as e:
+        if ns.json:
+            _emit_json({**head, "ok": False, "findings": [f.to_dict() for f in e.findings], "output": None, "steps": []})
+        else:
+            print(f"surgery: {e}\nnothing was saved", file=sys.stderr)
+        return EXIT_ERRORS
+    assert result.report is not None  # apply() checks by default
+    report = result.report
+    report.model = spec
+    if report.ok:
+        recipe.save(model, ns.output, spec=spec, args=args)
+    saved = ns.output if report.ok else None
+    if ns.json:
+        _emit_json({**report.to_dict(), **head, "output": saved, "steps": [s.to_dict() for s in result.steps], "notes": result.notes})
+    else:
+        print(result)
+        print(f"saved to {saved} (rebuild it with surgery.rebuild({saved!r}))" if saved else "errors remain: nothing was saved")
+    return EXIT_OK if report.ok else EXIT_ERRORS
+
+
+def _cmd_smoke(ns: argparse.Namespace) -> int:
+    from surgery._errors import SmokeTestError
+    from surgery.smoke import resolve_device, smoke_test
+
+    resolve_device(ns.device)  # no GPU for --device cuda is a usage error (exit 2), before the model is built
+    stream = sys.stderr if ns.json else sys.stdout
+
+    def progress(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    model = _load(ns)
+    amp: bool | str = ns.amp_dtype or ns.amp
+    try:
+        result = smoke_test(model, device=ns.device, batch_size=ns.batch_size, image_size=ns.image_size, amp=amp, steps=ns.steps,
+                            ddp=ns.ddp, check=not ns.no_check, ddp_timeout=ns.ddp_timeout, progress=progress)
+    except SmokeTestError as e:
+        print(f"surgery smoke: the smoke test could not finish: {e}", file=sys.stderr)
+        return EXIT_ERRORS
+    result.model = _spec_name(ns)
+    if ns.json:
+        _emit_json(result.to_dict())
+    else:
+        if result.losses:
+            print("  losses: " + ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
+        for finding in result.findings:
+            print(finding)
+        verdict = "ok" if result.ok else f"FAILED, {len(result.errors)} error(s)"
+        print(f"surgery smoke: {result.model}: {verdict}")
+    return EXIT_OK if result.ok else EXIT_ERRORS
+
+
+def _cmd_render(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from surgery.render import FORMATS, render
+
+    if Path(ns.output).suffix.lower() not in FORMATS:
+        raise ValueError(f"cannot tell the format of -o {ns.output!r}: the extension must be one of {sorted(FORMATS)}")
+    model = _load(ns)
+    before = load_model(ns.before) if ns.before else None
+    graph = render(model, ns.output, before=before, level=ns.level, depth=ns.depth, trace=False if ns.no_trace else "auto")
+    errors = [f for f in graph.findings if f.severity == "error"]
+    print(f"surgery render: wrote {ns.output} ({len(graph.nodes)} nodes, "
+          f"{sum(1 for e in graph.edges if e.kind != 'layout')} edges, labels from the {graph.flow} flow)")
+    for f in errors:
+        print(f)
+    return EXIT_ERRORS if errors else EXIT_OK
+
+
+def _cmd_diff(ns: argparse.Namespace) -> int:
+    from surgery.diff import ProgressBar, diff
+    from surgery.findings import Finding
+
+    before = load_model(ns.spec_a)
+    after = load_model(ns.spec_b)
+    progress = ProgressBar(sys.stderr) if not ns.no_cost and sys.stderr.isatty() else None
+    result = diff(before, after, cost=not ns.no_cost, image_size=ns.image_size, runs=ns.runs, progress=progress)
+    findings = [Finding("error", "shape-error", (), p) for p in result.problems]
+    if ns.json:
+        body = result.to_dict()
+        _emit_json({"model": ns.spec_b, "ok": not findings, "findings": [f.to_dict() for f in findings], **body,
+                    "before": ns.spec_a, "after": ns.spec_b, "classes": [body["before"], body["after"]]})
+    else:
+        print(result)
+    return EXIT_ERRORS if findings else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +247,72 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (same as --format json)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format (default: text)")
+    p.add_argument("--trace", action="store_true",
+                   help="also run an eval pass and a train step (synthetic batch) to find modules that never run, "
+                        "parameters without a gradient, NaN/Inf and forward errors")
+
+    p = command("trace", "Run the model on a synthetic batch and print every module call and the data flow between components.",
+                "  surgery trace\n  surgery trace --mode both --image-size 256\n"
+                "  surgery trace torchvision.models.detection:retinanet_resnet50_fpn --train --json\n", _cmd_trace)
+    _add_model_args(p)
+    p.add_argument("--train", action="store_true", help="run a train step (with backward) instead of an eval pass")
+    p.add_argument("--mode", choices=("eval", "train", "both"), default=None, help="which passes to run (default: eval)")
+    p.add_argument("--image-size", type=int, default=320, metavar="N", help="side of the synthetic images (default: 320)")
+    p.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="trace modules at most N levels deep (components are always traced; default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the full trace")
+
+    p = command("apply", "Apply a TOML recipe of edits as one checked transaction and save the result; exit 1 on errors.",
+                "  surgery apply examples/recipes/deeper_mask_head.toml -o deeper.pt\n"
+                "  surgery apply recipe.toml torchvision.models.detection:maskrcnn_resnet50_fpn_v2 -o out.pt --json\n"
+                "  python -c \"import surgery; surgery.rebuild('deeper.pt')\"   # the same model again\n", _cmd_apply)
+    p.add_argument("recipe", metavar="RECIPE.toml", help="the recipe: [[step]] tables of replace / adapt / set_num_classes / freeze / ...")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.pt",
+                   help="where to save {state_dict, recipe, spec, args} (load it with surgery.rebuild)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = command("smoke", "Check, train one step and evaluate on a synthetic batch (optionally under DDP); exit 1 on failure.",
+                "  surgery smoke\n  surgery smoke my_model.py:build --device cuda --amp --image-size 800\n"
+                "  surgery smoke my_model.py:build --ddp 2 --image-size 256 --json   # phases go to stderr\n", _cmd_smoke)
+    _add_model_args(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run: auto picks cuda when available, else cpu (default: auto)")
+    p.add_argument("--amp", action="store_true", help="run under torch.autocast: bfloat16 on CPU, float16 on CUDA")
+    p.add_argument("--amp-dtype", choices=("bf16", "fp16"), default=None, help="autocast dtype (implies --amp)")
+    p.add_argument("--ddp", type=int, default=0, metavar="N",
+                   help="also run 2 train steps in N processes under DistributedDataParallel (gloo on CPU, nccl with N GPUs)")
+    p.add_argument("--ddp-timeout", type=float, default=300.0, metavar="S", help="kill the DDP workers after S seconds (default: 300)")
+    p.add_argument("--image-size", type=int, default=320, metavar="N", help="side of the synthetic images (default: 320)")
+    p.add_argument("--batch-size", type=int, default=2, metavar="N", help="images per step (default: 2)")
+    p.add_argument("--steps", type=int, default=1, metavar="N", help="train steps (default: 1)")
+    p.add_argument("--no-check", action="store_true", help="skip the static check before the passes")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the phases go to stderr as they run)")
+
+    p = command("render", "Draw the model's components (or modules) as SVG/PNG/PDF/DOT; exit 1 when a contract is broken.",
+                "  surgery render -o maskrcnn.svg\n"
+                "  surgery render my_model.py:build -o after.svg --before torchvision.models.detection:maskrcnn_resnet50_fpn\n"
+                "  surgery render -o modules.svg --level modules --depth 3\n"
+                "  surgery render -o arch.dot   # DOT text; needs no Graphviz binary\n", _cmd_render)
+    _add_model_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file: .svg, .png, .pdf (need Graphviz's dot) or .dot")
+    p.add_argument("--before", metavar="SPEC", help="the model before an edit: colour slots added / removed / changed "
+                                                    "(--arg and --weights apply to SPEC only)")
+    p.add_argument("--level", choices=("components", "modules"), default="components",
+                   help="one node per component slot, or nested module clusters (default: components)")
+    p.add_argument("--depth", type=int, default=None, metavar="N", help="with --level modules: open N levels (default: all)")
+    p.add_argument("--no-trace", action="store_true",
+                   help="label edges with channels read statically (no forward pass) instead of traced shapes")
+
+    p = command("diff", "Compare two models: slots and modules changed, and Δparams, ΔFLOPs, Δlatency, Δpeak memory.",
+                "  surgery diff torchvision.models.detection:maskrcnn_resnet50_fpn my_model.py:build\n"
+                "  surgery diff A.py:build B.py:build --no-cost --json\n", _cmd_diff)
+    p.add_argument("spec_a", metavar="SPEC_A", help="the model before")
+    p.add_argument("spec_b", metavar="SPEC_B", help="the model after")
+    p.add_argument("--no-cost", action="store_true", help="structure and parameter counts only (no forward passes)")
+    p.add_argument("--image-size", type=int, default=320, metavar="N", help="side of the synthetic image of the cost forwards (default: 320)")
+    p.add_argument("--runs", type=int, default=3, metavar="N", help="timed forwards per model, median reported (default: 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 

@@ -1,12 +1,14 @@
 """Shared fixtures. Built models are cached per session: tests that change a model must
-build their own with ``build()`` (or ``copy.deepcopy`` a shared one)."""
+build their own with ``build()`` (or ``copy.deepcopy`` a shared one).
+
+``cuda``-marked tests are skipped without a GPU by surgery's own pytest plugin
+(``surgery.pytest_plugin``, registered through the ``pytest11`` entry point)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import pytest
-import torch
 import torchvision
 from torch import nn
 
@@ -15,12 +17,15 @@ from tests.helpers import build
 DETECTION_BUILDERS = sorted(torchvision.models.list_models(module=torchvision.models.detection))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
-    if not torch.cuda.is_available():
-        for item in items:
-            if "cuda" in item.keywords:
-                item.add_marker(skip_cuda)
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite the golden files under tests/golden/ instead of comparing against them")
+
+
+@pytest.fixture(scope="session")
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True when the run was started with ``--update-golden``."""
+    return bool(request.config.getoption("--update-golden"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,965 @@
+"""``surgery.smoke_test``: prove that a model runs and trains, before any real training does.
+
+One call runs, in order:
+
+1. ``check`` (static findings; ``check=False`` skips it);
+2. a train step on a synthetic batch that fits the family (:func:`surgery.synthetic.synthetic_batch`):
+   every loss key of the family present, each loss finite, backward, every trainable
+   parameter reached by a gradient, gradients finite; with ``steps=N``, an SGD step between
+   consecutive steps, so that the later steps run on updated weights;
+3. an eval pass: one result per image with the family's keys, shapes and dtypes, labels in
+   ``[0, num_classes)``, boxes inside the image;
+4. with ``ddp=N``: ``N`` processes wrapping the model in ``DistributedDataParallel``
+   (:mod:`surgery._ddp`).
+
+Each phase is timed (CUDA-synchronized) and its peak memory recorded. The model comes back
+exactly as it was: device, modes, ``requires_grad``, ``.grad``, hooks, buffers, transform
+sizes and parameter values (the optimizer steps are undone), also when a phase raises.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from surgery import paths as _paths
+from surgery._errors import NotAModuleError, SmokeTestError
+from surgery._state import preserved
+from surgery.anatomy import anatomy_for
+from surgery.findings import Finding, Report
+from surgery.synthetic import DETECTION_FAMILIES, fit_transform, num_classes_of, synthetic_batch
+
+__all__ = [
+    "LOSS_KEYS",
+    "Phase",
+    "SmokeResult",
+    "resolve_amp",
+    "resolve_device",
+    "smoke_test",
+    "unused_parameter_findings",
+]
+
+#: Loss keys every family's train step must return (R-CNN adds ``loss_mask`` / ``loss_keypoint``
+#: when the model has those branches).
+LOSS_KEYS: dict[str, tuple[str, ...]] = {
+    "R-CNN": ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
+    "RetinaNet": ("classification", "bbox_regression"),
+    "FCOS": ("classification", "bbox_regression", "bbox_ctrness"),
+    "SSD": ("bbox_regression", "classification"),
+}
+
+#: The slot that produces each loss, used to name the module behind a non-finite loss.
+_LOSS_SLOTS: dict[str, dict[str, str]] = {
+    "R-CNN": {
+        "loss_classifier": "roi_heads.box_predictor",
+        "loss_box_reg": "roi_heads.box_predictor",
+        "loss_objectness": "rpn.head",
+        "loss_rpn_box_reg": "rpn.head",
+        "loss_mask": "roi_heads.mask_predictor",
+        "loss_keypoint": "roi_heads.keypoint_predictor",
+    },
+    "RetinaNet": {"classification": "head.classification_head", "bbox_regression": "head.regression_head"},
+    "FCOS": {
+        "classification": "head.classification_head",
+        "bbox_regression": "head.regression_head",
+        "bbox_ctrness": "head.regression_head",
+    },
+    "SSD": {"classification": "head.classification_head", "bbox_regression": "head.regression_head"},
+}
+
+#: Slot whose outputs decide the labels (for out-of-range labels) and the boxes, per family.
+_CLASS_SLOT = {"R-CNN": "roi_heads.box_predictor", "RetinaNet": "head.classification_head",
+               "FCOS": "head.classification_head", "SSD": "head.classification_head"}
+_BOX_SLOT = {"R-CNN": "roi_heads.box_predictor", "RetinaNet": "head.regression_head",
+             "FCOS": "head.regression_head", "SSD": "head.regression_head"}
+
+_AMP_NAMES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+#: Learning rate of the SGD step between train steps (undone afterwards).
+_LR = 1e-3
+#: Slack, in pixels, allowed when checking that boxes lie inside the image (rescaling rounds).
+_BOX_SLACK = 1e-2
+
+#: What ``peak_memory`` means on each kind of device.
+MEMORY_SOURCES = {
+    "cuda": "torch.cuda.max_memory_allocated during the phase (model weights included)",
+    "cpu": "growth of the process's peak RSS (getrusage ru_maxrss) during the phase; 0 when an earlier peak was higher",
+}
+
+
+# --------------------------------------------------------------------------- result types
+
+
+@dataclass
+class Phase:
+    """One phase of a smoke test.
+
+    Attributes:
+        name: ``"check"``, ``"train"``, ``"eval"`` or ``"ddp"``.
+        status: ``"ok"``, ``"failed"`` (an error finding came from it) or ``"skipped"``.
+        seconds: Wall time (CUDA-synchronized on a GPU).
+        peak_memory: Bytes, see :data:`MEMORY_SOURCES`; None when not measured.
+        images_per_s: Throughput of the train/eval phases; None for the others.
+        note: A short description of what ran.
+    """
+
+    name: str
+    status: str
+    seconds: float
+    peak_memory: int | None = None
+    images_per_s: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "seconds": self.seconds,
+            "peak_memory": self.peak_memory,
+            "images_per_s": self.images_per_s,
+            "note": self.note,
+        }
+
+    def __str__(self) -> str:
+        mem = _fmt_bytes(self.peak_memory) if self.peak_memory is not None else "-"
+        ips = f"{self.images_per_s:.2f} img/s" if self.images_per_s is not None else "-"
+        return f"{self.name:<6} {self.status:<7} {self.seconds:8.2f} s  {mem:>10}  {ips:>12}  {self.note}".rstrip()
+
+
+@dataclass
+class SmokeResult:
+    """What :func:`smoke_test` found.
+
+    Attributes:
+        ok: True when no finding has error severity.
+        findings: Every finding (check's, then the smoke phases'), errors first.
+        phases: The phases in the order they ran.
+        device: Where the train and eval phases ran, e.g. ``"cpu"`` or ``"cuda:0"``.
+        device_note: Why that device (e.g. ``"auto: no CUDA GPU, using cpu"``).
+        model: A name for the model (its class, or the CLI spec).
+        family: The anatomy that matched (``"R-CNN"``, ``"RetinaNet"``, ..., ``"generic"``).
+        batch_size: Images per step.
+        image_size: Side of the square synthetic images.
+        steps: Train steps run.
+        amp: The autocast dtype (``"bfloat16"``, ``"float16"``) or None.
+        losses: The loss values of the first train step.
+        memory_source: What ``peak_memory`` measures on this device.
+        ddp: World size, backend and device of the DDP phase, or None when it did not run.
+    """
+
+    ok: bool
+    findings: list[Finding]
+    phases: list[Phase]
+    device: str
+    device_note: str
+    model: str = ""
+    family: str = ""
+    batch_size: int = 2
+    image_size: int = 320
+    steps: int = 1
+    amp: str | None = None
+    losses: dict[str, float] = field(default_factory=dict)
+    memory_source: str = ""
+    ddp: dict[str, Any] | None = None
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per phase, e.g. ``{"check": 0.05, "train": 3.1, "eval": 0.9}``."""
+        return {p.name: p.seconds for p in self.phases}
+
+    @property
+    def memory(self) -> dict[str, int | None]:
+        """Peak memory in bytes per phase (see :attr:`memory_source`)."""
+        return {p.name: p.peak_memory for p in self.phases if p.name in ("train", "eval")}
+
+    @property
+    def throughput(self) -> dict[str, float]:
+        """Images per second of the train and eval phases."""
+        return {p.name: p.images_per_s for p in self.phases if p.images_per_s is not None}
+
+    def codes(self) -> list[str]:
+        """The codes of all findings, in order."""
+        return [f.code for f in self.findings]
+
+    def phase(self, name: str) -> Phase:
+        """The phase called ``name``.
+
+        Raises:
+            KeyError: No phase of that name ran.
+        """
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(f"no phase {name!r}; phases run: {[p.name for p in self.phases]}")
+
+    def report(self) -> Report:
+        """The findings as a :class:`~surgery.Report` (for ``format("github")`` and friends)."""
+        return Report(findings=list(self.findings), model=self.model, checked=[p.name for p in self.phases])
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`~surgery.SmokeTestError` listing every error, if there is any."""
+        if self.errors:
+            raise SmokeTestError(str(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "ok": self.ok,
+            "findings": [f.to_dict() for f in self.findings],
+            "family": self.family,
+            "device": self.device,
+            "device_note": self.device_note,
+            "batch_size": self.batch_size,
+            "image_size": self.image_size,
+            "steps": self.steps,
+            "amp": self.amp,
+            "phases": [p.to_dict() for p in self.phases],
+            "timings": self.timings,
+            "memory": self.memory,
+            "memory_source": self.memory_source,
+            "throughput": self.throughput,
+            "losses": dict(self.losses),
+            "ddp": dict(self.ddp) if self.ddp is not None else None,
+        }
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else f"FAILED, {len(self.errors)} error(s)"
+        warnings = sum(f.severity == "warning" for f in self.findings)
+        if warnings:
+            verdict += f", {warnings} warning(s)"
+        lines = [f"surgery smoke: {self.model or 'model'} ({self.family}) on {self.device}: {verdict}",
+                 f"  {self.device_note}; batch {self.batch_size} × {self.image_size}×{self.image_size}, "
+                 f"{self.steps} train step(s), amp {self.amp or 'off'}",
+                 f"  {'phase':<6} {'status':<7} {'time':>10}  {'peak mem':>10}  {'throughput':>12}"]
+        lines.extend(f"  {p}" for p in self.phases)
+        if self.losses:
+            lines.append("  losses: " + ", ".join(f"{k}={_fmt_loss(v)}" for k, v in self.losses.items()))
+        if self.findings:
+            lines.append("")
+            lines.extend(str(f) for f in self.findings)
+        return "\n".join(lines)
+
+
+def _fmt_loss(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _fmt_bytes(n: int) -> str:
+    sign = "-" if n < 0 else ""
+    value = float(abs(n))
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.2f} {unit}"
+        value /= 1024
+    return f"{n} B"  # unreachable
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def resolve_device(device: str | torch.device) -> tuple[torch.device, str]:
+    """Turn ``device`` into a concrete device and say why it was picked.
+
+    Args:
+        device: ``"auto"`` (cuda when available, else cpu), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns:
+        The device and a one-line note such as ``"auto: no CUDA GPU, using cpu"``.
+
+    Raises:
+        SmokeTestError: A CUDA device was asked for and there is none (or not that index).
+        ValueError: ``device`` is not one of the forms above.
+    """
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device()), f"auto: CUDA available ({torch.cuda.get_device_name()}), using cuda"
+        return torch.device("cpu"), "auto: no CUDA GPU, using cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if dev.type == "cpu":
+        return dev, "cpu, as asked"
+    if dev.type != "cuda":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not torch.cuda.is_available():
+        why = (f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build on a machine with a GPU"
+               if torch.version.cuda is None else
+               f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but finds no GPU: check the driver "
+               "(nvidia-smi) and CUDA_VISIBLE_DEVICES")
+        raise SmokeTestError(
+            f"device={str(device)!r} was asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False): {why}; "
+            "or use device='auto' or 'cpu'"
+        )
+    count = torch.cuda.device_count()
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    if index >= count:
+        raise SmokeTestError(f"device={str(device)!r}: there are only {count} CUDA device(s), indices 0..{count - 1}")
+    return torch.device("cuda", index), f"{dev.type}, as asked ({torch.cuda.get_device_name(index)})"
+
+
+def resolve_amp(amp: bool | str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``.
+
+    Args:
+        amp: False/None (off), True (bfloat16 on CPU, float16 on CUDA), ``"bf16"``/``"fp16"``
+            (or ``"bfloat16"``/``"float16"``), or a torch dtype.
+        device: Where the model runs.
+
+    Returns:
+        The dtype, or None when AMP is off.
+
+    Raises:
+        ValueError: ``amp`` is none of these, or CUDA bfloat16 is asked for on a GPU without it.
+    """
+    if amp is None or amp is False:
+        return None
+    if amp is True:
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    dtype: torch.dtype | None
+    if isinstance(amp, torch.dtype):
+        dtype = amp if amp in (torch.bfloat16, torch.float16) else None
+    elif isinstance(amp, str):
+        dtype = _AMP_NAMES.get(amp.lower())
+    else:
+        dtype = None
+    if dtype is None:
+        raise ValueError(f"amp must be False, True, 'bf16' or 'fp16' (or torch.bfloat16 / torch.float16), got {amp!r}")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"amp={amp!r}: this GPU does not support bfloat16; use amp='fp16'")
+    return dtype
+
+
+def _positive_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_peak_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # bytes on macOS, KiB on Linux
+
+
+class _Meter:
+    """Times one phase and measures its peak memory."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self.peak: int | None = None
+
+    @contextmanager
+    def measure(self) -> Iterator[_Meter]:
+        _sync(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            before = _rss_peak_bytes()
+        start = time.perf_counter()
+        try:
+            yield self
+        finally:
+            try:
+                _sync(self.device)
+            except RuntimeError:  # a failed kernel re-raises at sync; the phase already recorded the error
+                pass
+            self.seconds = time.perf_counter() - start
+            if self.device.type == "cuda":
+                self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            else:
+                self.peak = _rss_peak_bytes() - before
+
+
+# --------------------------------------------------------------------------- where did it fail
+
+
+class _Where:
+    """Forward hooks that keep the stack of modules being run, to name where a forward raised."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.model = model
+        self.stack: list[nn.Module] = []
+        self.handles: list[Any] = []
+        self.nonfinite: str | None = None
+        self.watch_finite = False
+
+    def __enter__(self) -> _Where:
+        self.stack.clear()
+        for m in self.model.modules():
+            if isinstance(m, torch.jit.ScriptModule):
+                continue
+            self.handles.append(m.register_forward_pre_hook(self._push))
+            self.handles.append(m.register_forward_hook(self._pop))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _push(self, module: nn.Module, args: Any) -> None:
+        self.stack.append(module)
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        while self.stack:
+            if self.stack.pop() is module:
+                break
+        if self.watch_finite and self.nonfinite is None and not _all_finite(output):
+            self.nonfinite = self.path(module)
+
+    def path(self, module: nn.Module) -> str:
+        return self.names.get(id(module), "")
+
+    def innermost(self) -> str | None:
+        """Dotted path of the innermost module still running (None when it raised outside modules)."""
+        return self.path(self.stack[-1]) if self.stack else None
+
+
+def _tensors(value: Any, depth: int = 0) -> Iterator[Tensor]:
+    if isinstance(value, Tensor):
+        yield value
+    elif depth < 6 and isinstance(value, Mapping):
+        for v in value.values():
+            yield from _tensors(v, depth + 1)
+    elif depth < 6 and isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v, depth + 1)
+    elif depth < 6 and hasattr(value, "tensors") and isinstance(value.tensors, Tensor):  # ImageList
+        yield value.tensors
+
+
+def _all_finite(value: Any) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in _tensors(value) if t.is_floating_point() and t.numel())
+
+
+def _describe_module(model: nn.Module, path: str | None) -> str:
+    if path is None:
+        return "outside any submodule"
+    if path == "":
+        return f"the model's own forward ({type(model).__name__})"
+    try:
+        return f"{path} ({type(_paths.get(model, path)).__name__})"
+    except (AttributeError, TypeError):
+        return path
+
+
+def _raised_finding(model: nn.Module, where: str | None, phase: str, error: BaseException) -> Finding:
+    return _raised_finding_text(model, where, phase, type(error).__name__, str(error), isinstance(error, torch.OutOfMemoryError))
+
+
+def _raised_finding_text(model: nn.Module, where: str | None, phase: str, error_type: str, error: str, oom: bool) -> Finding:
+    """A ``shape-error`` finding for a pass that raised, naming the module where it raised."""
+    located = _describe_module(model, where)
+    if oom:
+        return Finding("error", "shape-error", (where,) if where else (),
+                       f"{phase} ran out of memory in {located}: {_first_lines(error)}", "lower batch_size or image_size, or use amp=True")
+    return Finding("error", "shape-error", (where,) if where else (), f"{phase} raised {error_type} in {located}: {_first_lines(error)}", None)
+
+
+def _first_lines(text: str, limit: int = 600) -> str:
+    text = " ".join(line.strip() for line in text.strip().splitlines()[:6] if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- unused parameters
+
+
+def unused_parameter_findings(
+    model: nn.Module,
+    names: Iterable[str],
+    *,
+    context: str = "the train step",
+    detail: str = "DistributedDataParallel(find_unused_parameters=False) fails on this model.",
+) -> list[Finding]:
+    """Group trainable parameters that got no gradient by the top-most module they fill.
+
+    A module all of whose trainable parameters are unused is reported once (its children are
+    not repeated); leftover parameters of partly-used modules are grouped by their owner.
+
+    Args:
+        model: The model the parameter names refer to.
+        names: Dotted parameter names (``named_parameters()`` form) that got no gradient.
+        context: What found them, for the message (e.g. ``"the train step"``).
+        detail: A sentence appended to each message.
+
+    Returns:
+        One ``unused-parameter`` error per group, in module order.
+    """
+    unused = set(names)
+    if not unused:
+        return []
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    order = {n: i for i, n in enumerate(params)}
+    groups: list[tuple[str, list[str], bool]] = []  # (module path, parameter names, whole module unused)
+    covered: set[str] = set()
+    for path, module in model.named_modules():
+        mine = [_paths.join(path, n) for n, p in module.named_parameters() if p.requires_grad]
+        if mine and set(mine) <= unused and not covered.intersection(mine):
+            groups.append((path, mine, True))
+            covered.update(mine)
+    by_owner: dict[str, list[str]] = {}
+    for name in sorted(unused - covered, key=lambda n: (order.get(n, len(order)), n)):
+        by_owner.setdefault(name.rpartition(".")[0], []).append(name)
+    groups.extend((owner, names_, False) for owner, names_ in by_owner.items())
+    out = []
+    for path, names_, whole in groups:
+        count = sum(params[n].numel() for n in names_ if n in params)
+        shown = ", ".join(n[len(path) + 1 :] if path else n for n in names_[:4]) + (", …" if len(names_) > 4 else "")
+        where = _describe_module(model, path) if path in modules else path
+        message = (f"{len(names_)} trainable parameter tensor(s) ({count:,} values) of {where or 'the model'} got no "
+                   f"gradient from {context}: {shown}. {detail}")
+        if whole and path:
+            fix = (f"call {path} in the forward pass (attach it to the slot that uses it), delete it, or freeze it: "
+                   f"model.get_submodule({path!r}).requires_grad_(False)")
+        else:
+            fix = f"freeze them: model.get_parameter({names_[0]!r}).requires_grad_(False)"
+        out.append(Finding("error", "unused-parameter", (path,) if path else (), message, fix))
+    return out
+
+
+# --------------------------------------------------------------------------- family expectations
+
+
+def _branch(model: nn.Module, name: str) -> bool:
+    roi_heads = getattr(model, "roi_heads", None)
+    fn = getattr(roi_heads, name, None)
+    return bool(fn()) if callable(fn) else False
+
+
+def expected_losses(model: nn.Module, family: str) -> tuple[str, ...]:
+    """The loss keys a train step of ``model`` must return (empty for an unknown family)."""
+    keys = LOSS_KEYS.get(family, ())
+    if family == "R-CNN":
+        keys = keys + (("loss_mask",) if _branch(model, "has_mask") else ()) + (("loss_keypoint",) if _branch(model, "has_keypoint") else ())
+    return keys
+
+
+def _slot(model: nn.Module, path: str | None) -> tuple[str, ...]:
+    return (path,) if path and _paths.exists(model, path) else ()
+
+
+def _num_keypoints(model: nn.Module) -> int | None:
+    predictor = getattr(getattr(model, "roi_heads", None), "keypoint_predictor", None)
+    for value in (getattr(predictor, "out_channels", None), getattr(getattr(predictor, "kps_score_lowres", None), "out_channels", None)):
+        if isinstance(value, int):
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------- the phases
+
+
+@dataclass
+class _Run:
+    """State shared by the phases of one smoke test."""
+
+    model: nn.Module
+    family: str
+    device: torch.device
+    amp: torch.dtype | None
+    batch_size: int
+    image_size: int
+    steps: int
+    report: Report
+    losses: dict[str, float] = field(default_factory=dict)
+    phase_errors: int = 0
+    sgd_steps: int = 0
+
+    def add(self, findings: Iterable[Finding]) -> None:
+        """Add findings to the report, counting the current phase's errors (also those merged as duplicates)."""
+        findings = list(findings)
+        self.phase_errors += sum(f.severity == "error" for f in findings)
+        self.report.extend(findings)
+
+    def autocast(self) -> Any:
+        if self.amp is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    @property
+    def amp_note(self) -> str:
+        return f" under autocast({str(self.amp).removeprefix('torch.')})" if self.amp is not None else ""
+
+
+def _train(run: _Run, images: Any, targets: Any) -> None:
+    """Run the train steps, adding findings to ``run``."""
+    model = run.model
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD([p for _, p in trainable], lr=_LR) if trainable else None
+    expected = expected_losses(model, run.family)
+    detection = run.family in DETECTION_FAMILIES
+    unused: set[str] = set()
+    bad_grads: dict[str, str] = {}
+    nonfinite_loss = False
+    model.train()
+    for step in range(run.steps):
+        for p in model.parameters():
+            p.grad = None
+        label = f"train step {step + 1}{run.amp_note}"
+        where = _Where(model)
+        try:
+            with where, run.autocast():
+                output = model(images, targets) if detection else model(images)
+        except Exception as e:  # noqa: BLE001 - a user model may raise anything; it becomes a finding
+            run.add([_raised_finding(model, where.innermost(), f"the forward pass of {label}", e)])
+            return
+        losses = _loss_dict(run, output, label)
+        if losses is None:
+            return
+        if step == 0:
+            run.losses = {k: float(v.detach().float()) for k, v in losses.items()}
+        missing = [k for k in expected if k not in losses]
+        if missing:
+            message = f"{label} returned the losses {sorted(losses)}; the {run.family} family also needs {missing}"
+            run.add([Finding("error", "shape-error", (), message, "make the head's forward return every loss of the family in training mode")])
+        bad = {k: float(v.detach().float()) for k, v in losses.items() if not bool(torch.isfinite(v.detach()).all())}
+        if bad:
+            nonfinite_loss = True
+            run.add(_nonfinite_loss_findings(run, images, targets, bad, label))
+        total = sum((v.float().sum() for v in losses.values()), torch.zeros((), device=run.device))
+        if not total.requires_grad:
+            if trainable:
+                message = (f"{label}: the losses do not depend on any trainable parameter ({len(trainable)} trainable tensors), "
+                           "so backward reaches none of them")
+                run.add([Finding("error", "unused-parameter", (), message, None)])
+            break
+        try:
+            total.backward()
+        except Exception as e:  # noqa: BLE001 - autograd errors of user code become findings
+            run.add([Finding("error", "shape-error", (), f"backward of {label} raised {type(e).__name__}: {_first_lines(str(e))}", None)])
+            return
+        unused.update(name for name, p in trainable if p.grad is None)
+        reached = [(name, p.grad) for name, p in trainable if p.grad is not None]
+        if reached and not bool(torch.stack([torch.isfinite(g).all() for _, g in reached]).all()):  # one device sync
+            for name, grad in reached:
+                if name not in bad_grads and not bool(torch.isfinite(grad).all()):
+                    bad_grads[name] = "nan" if bool(torch.isnan(grad).any()) else "inf"
+        if optimizer is not None and step + 1 < run.steps:  # update between steps; the last step needs none
+            optimizer.step()
+            run.sgd_steps += 1
+    run.add(unused_parameter_findings(model, unused, context=f"the train step{run.amp_note}"))
+    if bad_grads and not nonfinite_loss:
+        owners: dict[str, list[str]] = {}
+        for name in bad_grads:
+            owners.setdefault(name.rpartition(".")[0], []).append(name)
+        for owner, names in owners.items():
+            message = (f"the gradient of {', '.join(names[:4])} is {bad_grads[names[0]]} after backward of the train step"
+                       f"{run.amp_note} although every loss was finite")
+            run.add([Finding("error", "non-finite", _slot(model, owner), message,
+                             "look for log, sqrt or division of values that can be 0 in this module")])
+
+
+def _loss_dict(run: _Run, output: Any, label: str) -> dict[str, Tensor] | None:
+    if run.family in DETECTION_FAMILIES:
+        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], Mapping):  # scripted models return (losses, detections)
+            output = output[0]
+        if not isinstance(output, Mapping) or not all(isinstance(v, Tensor) for v in output.values()):
+            message = (f"{label} returned {type(output).__name__}, not a dict of loss tensors; "
+                       "a detection model in train mode must return {loss_name: tensor}")
+            run.add([Finding("error", "shape-error", (), message, None)])
+            return None
+        return {str(k): v for k, v in output.items()}
+    tensors = [t for t in _tensors(output) if t.is_floating_point()]
+    if not tensors:
+        message = f"{label} returned {type(output).__name__} with no floating-point tensor to backpropagate from"
+        run.add([Finding("error", "shape-error", (), message, None)])
+        return None
+    return {"output": sum((t.float().mean() for t in tensors), torch.zeros((), device=tensors[0].device))}
+
+
+def _nonfinite_loss_findings(run: _Run, images: Any, targets: Any, bad: dict[str, float], label: str) -> list[Finding]:
+    """Name the losses, and the first module whose output was not finite (one more forward, no grad)."""
+    first: str | None = None
+    where = _Where(run.model)
+    where.watch_finite = True
+    try:
+        with torch.no_grad(), where, run.autocast():
+            run.model(images, targets) if run.family in DETECTION_FAMILIES else run.model(images)
+        first = where.nonfinite
+    except Exception:  # noqa: BLE001 - the diagnosis is best effort; the loss finding stands anyway
+        first = where.nonfinite
+    slots = _LOSS_SLOTS.get(run.family, {})
+    out = []
+    for name, value in bad.items():
+        paths = tuple(dict.fromkeys(p for p in (first, slots.get(name)) if p and _paths.exists(run.model, p)))
+        origin = f"; the first module whose output is not finite is {_describe_module(run.model, first)}" if first else ""
+        hint = " (try amp=False: float16/bfloat16 overflow is a common cause)" if run.amp is not None else ""
+        out.append(Finding("error", "non-finite", paths, f"loss {name!r} is {value} in {label}{origin}{hint}",
+                           "make the module's output finite for random weights and inputs (check divisions, logs, exp, and initialisation)"))
+    return out
+
+
+def _eval(run: _Run, images: Any) -> None:
+    """Run one eval pass, adding findings to ``run``."""
+    model = run.model
+    model.eval()
+    where = _Where(model)
+    label = f"the eval pass{run.amp_note}"
+    try:
+        with torch.no_grad(), where, run.autocast():
+            output = model(images)
+    except Exception as e:  # noqa: BLE001 - a user model may raise anything; it becomes a finding
+        run.add([_raised_finding(model, where.innermost(), label, e)])
+        return
+    if run.family in DETECTION_FAMILIES:
+        run.add(_check_detections(run, output, [tuple(img.shape[-2:]) for img in images], label))
+    elif not _all_finite(output):
+        run.add([Finding("error", "non-finite", (), f"{label} returned NaN/Inf values", None)])
+
+
+def _check_detections(run: _Run, output: Any, sizes: list[tuple[int, ...]], label: str) -> list[Finding]:
+    model, family = run.model, run.family
+    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], list):  # scripted: (losses, detections)
+        output = output[1]
+    if not isinstance(output, list) or len(output) != len(sizes) or not all(isinstance(o, Mapping) for o in output):
+        got = f"a list of {len(output)}" if isinstance(output, list) else type(output).__name__
+        return [Finding("error", "shape-error", (), f"{label} returned {got}; expected a list of {len(sizes)} dicts, one per image", None)]
+    keys = ["boxes", "labels", "scores"]
+    if family == "R-CNN" and _branch(model, "has_mask"):
+        keys.append("masks")
+    if family == "R-CNN" and _branch(model, "has_keypoint"):
+        keys += ["keypoints", "keypoints_scores"]
+    classes = num_classes_of(model, family)
+    keypoints = _num_keypoints(model)
+    box_slot, class_slot = _slot(model, _BOX_SLOT.get(family)), _slot(model, _CLASS_SLOT.get(family))
+    mask_slot, kp_slot = _slot(model, "roi_heads.mask_predictor"), _slot(model, "roi_heads.keypoint_predictor")
+    found: list[Finding] = []
+
+    def shape_error(paths: tuple[str, ...], message: str) -> None:
+        found.append(Finding("error", "shape-error", paths, f"{label}: {message}", None))
+
+    for i, (det, (h, w)) in enumerate(zip(output, sizes, strict=True)):
+        missing = [k for k in keys if k not in det]
+        if missing:
+            shape_error((), f"image {i}'s result has keys {sorted(det)}; the {family} family also needs {missing}")
+            continue
+        not_tensors = [k for k in keys if not isinstance(det[k], Tensor)]
+        if not_tensors:
+            shape_error((), f"image {i}: {', '.join(f'{k} is a {type(det[k]).__name__}' for k in not_tensors)}, not a tensor")
+            continue
+        boxes, labels, scores = det["boxes"], det["labels"], det["scores"]
+        n = boxes.shape[0] if boxes.dim() >= 1 else -1
+        if not boxes.is_floating_point() or tuple(boxes.shape) != (n, 4):
+            shape_error(box_slot, f"image {i}: boxes are {_tdesc(boxes)}; expected a float N×4 tensor")
+            continue
+        if labels.dtype != torch.int64 or tuple(labels.shape) != (n,):
+            shape_error(class_slot, f"image {i}: labels are {_tdesc(labels)}; expected int64 of shape ({n},), one per box")
+        if not scores.is_floating_point() or tuple(scores.shape) != (n,):
+            shape_error(class_slot, f"image {i}: scores are {_tdesc(scores)}; expected float of shape ({n},), one per box")
+        for key, slot in (("boxes", box_slot), ("scores", class_slot)):
+            t = det[key]
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                found.append(Finding("error", "non-finite", slot, f"{label}: image {i}'s {key} contain NaN/Inf", None))
+        if n > 0 and labels.dtype == torch.int64 and classes is not None:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= classes:
+                found.append(Finding("error", "num-classes-mismatch", class_slot,
+                                     f"{label}: image {i} has labels in [{low}, {high}], but the model has num_classes={classes} "
+                                     f"(read from {class_slot[0] if class_slot else 'its predictor'}), so labels must lie in [0, {classes})",
+                                     "make the classifier's output width match the num_classes it declares"))
+        if n > 0 and bool(torch.isfinite(boxes).all()):
+            b = boxes.detach().float()
+            slack = _BOX_SLACK * max(h, w)
+            outside = ((b[:, 0] < -slack) | (b[:, 1] < -slack) | (b[:, 2] > w + slack) | (b[:, 3] > h + slack)
+                       | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))
+            if bool(outside.any()):
+                k = int(outside.nonzero()[0, 0])
+                shape_error(box_slot, f"image {i}: {int(outside.sum())} of {n} boxes are not inside the {w}×{h} image or have x2<x1/y2<y1, "
+                                      f"e.g. {[round(v, 1) for v in b[k].tolist()]}")
+        if "masks" in keys:
+            masks = det["masks"]
+            if not masks.is_floating_point() or tuple(masks.shape) != (n, 1, h, w):
+                shape_error(mask_slot, f"image {i}: masks are {_tdesc(masks)}; expected float of shape ({n}, 1, {h}, {w})")
+            elif not bool(torch.isfinite(masks).all()):
+                found.append(Finding("error", "non-finite", mask_slot, f"{label}: image {i}'s masks contain NaN/Inf", None))
+        if "keypoints" in keys:
+            kps, kps_scores = det["keypoints"], det["keypoints_scores"]
+            k_ = keypoints if keypoints is not None else (kps.shape[1] if kps.dim() == 3 else -1)
+            if not kps.is_floating_point() or tuple(kps.shape) != (n, k_, 3):
+                shape_error(kp_slot, f"image {i}: keypoints are {_tdesc(kps)}; expected float of shape ({n}, {k_}, 3)")
+            elif not bool(torch.isfinite(kps).all()):
+                found.append(Finding("error", "non-finite", kp_slot, f"{label}: image {i}'s keypoints contain NaN/Inf", None))
+            if tuple(kps_scores.shape) != (n, k_):
+                shape_error(kp_slot, f"image {i}: keypoints_scores are {_tdesc(kps_scores)}; expected shape ({n}, {k_})")
+    return found
+
+
+def _tdesc(t: object) -> str:
+    if isinstance(t, Tensor):
+        return f"{str(t.dtype).removeprefix('torch.')} of shape {tuple(t.shape)}"
+    return type(t).__name__
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def smoke_test(
+    model: nn.Module,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 2,
+    image_size: int = 320,
+    amp: bool | str | torch.dtype = False,
+    steps: int = 1,
+    ddp: int = 0,
+    check: bool = True,
+    ddp_timeout: float = 300.0,
+    progress: Callable[[str], None] | None = None,
+) -> SmokeResult:
+    """Check, train one step and evaluate ``model`` on a synthetic batch; optionally under DDP.
+
+    Every phase runs even when an earlier one found errors, so one call reports everything.
+    The model is left exactly as it was (device, modes, ``requires_grad``, ``.grad``, hooks,
+    buffers, transform sizes, parameter values), also when a phase raises. The global RNG
+    state is left alone too: the phases run under a forked, seeded generator.
+
+    Args:
+        model: The model to test.
+        device: ``"auto"`` (cuda when available, else cpu), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size: Images per step.
+        image_size: Side of the square synthetic images (>= 32). A detection transform larger
+            than that is shrunk to it for the test, so the model runs at this size.
+        amp: Run the forward passes under ``torch.autocast``: True picks bfloat16 on CPU and
+            float16 on CUDA; ``"bf16"``/``"fp16"`` pick explicitly.
+        steps: Train steps, with an SGD step between consecutive ones (undone afterwards).
+        ddp: 0 for none, or a world size >= 2 for the DDP phase (:mod:`surgery._ddp`).
+        check: Run :func:`surgery.check` first.
+        ddp_timeout: Seconds the DDP workers may take in all before they are killed.
+        progress: Called with one line per phase as the phases finish (the CLI prints them).
+
+    Returns:
+        A :class:`SmokeResult`; ``result.ok`` is False when any phase found an error.
+
+    Raises:
+        NotAModuleError: ``model`` is not an ``nn.Module``.
+        SmokeTestError: The test cannot run: CUDA asked for and absent, the DDP workers could
+            not start, crashed or ran past ``ddp_timeout``.
+        ValueError: An argument is out of range.
+    """
+    if not isinstance(model, nn.Module):
+        raise NotAModuleError(f"smoke_test() takes an nn.Module, got {type(model).__name__}")
+    _positive_int("batch_size", batch_size, 1)
+    _positive_int("image_size", image_size, 32)
+    _positive_int("steps", steps, 1)
+    if isinstance(ddp, bool) or not isinstance(ddp, int) or ddp < 0 or ddp == 1:
+        raise ValueError(f"ddp must be 0 (no DDP phase) or a world size >= 2, got {ddp!r}")
+    if not isinstance(ddp_timeout, (int, float)) or ddp_timeout <= 0:
+        raise ValueError(f"ddp_timeout must be a positive number of seconds, got {ddp_timeout!r}")
+    dev, device_note = resolve_device(device)
+    amp_dtype = resolve_amp(amp, dev)
+    family = anatomy_for(model).name
+    say = progress or (lambda line: None)
+    report = Report(model=type(model).__name__)
+    run = _Run(model, family, dev, amp_dtype, batch_size, image_size, steps, report)
+    phases: list[Phase] = []
+    amp_name = str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None
+    say(f"surgery smoke: {type(model).__name__} ({family}) on {dev} [{device_note}], batch {batch_size} × {image_size}×{image_size}, "
+        f"amp {amp_name or 'off'}")
+
+    def finish(phase: Phase) -> None:
+        if phase.status != "skipped":
+            phase.status = "failed" if run.phase_errors else "ok"
+        if phase.status == "failed":
+            phase.images_per_s = None  # the pass did not complete as it should: no throughput to speak of
+        run.phase_errors = 0
+        phases.append(phase)
+        say(f"  {phase}")
+
+    if check:
+        from surgery.check import check as run_check
+
+        start = time.perf_counter()
+        checked = run_check(model, probe_image_size=image_size)
+        run.add(checked.findings)
+        finish(Phase("check", "", time.perf_counter() - start, note=f"{len(checked.checked)} static checks"))
+
+    meter_train, meter_eval = _Meter(dev), _Meter(dev)
+    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
+    with preserved(model), torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(0)
+        if dev.type == "cuda":
+            torch.cuda.manual_seed(0)
+        params = list(model.parameters())
+        trainable = [p for p in params if p.requires_grad]
+        for p in params:  # the caller's .grad tensors stay untouched; preserved() puts them back
+            p.grad = None
+        moved = any(p.device != dev for p in params) or any(b.device != dev for b in model.buffers())
+        # Moving replaces each parameter's .data, so the originals survive as they are; on the
+        # same device the SGD steps between train steps write in place, so keep copies then.
+        saved = [p.data for p in trainable] if moved else [p.detach().clone() for p in trainable] if steps > 1 else []
+        try:
+            if moved:
+                model.to(dev)
+            images, targets = synthetic_batch(model, batch_size, image_size, device=dev, seed=0)
+            if family in DETECTION_FAMILIES:
+                fit_transform(model, [(image_size, image_size)] * batch_size)
+            with meter_train.measure():
+                _train(run, images, targets)
+            finish(Phase("train", "", meter_train.seconds, meter_train.peak, batch_size * steps / max(meter_train.seconds, 1e-9),
+                         f"{steps} step(s), {len(run.losses)} losses" + (f", {run.sgd_steps} SGD step(s) undone" if run.sgd_steps else "")))
+            with meter_eval.measure():
+                _eval(run, images)
+            finish(Phase("eval", "", meter_eval.seconds, meter_eval.peak, batch_size / max(meter_eval.seconds, 1e-9), "no_grad"))
+        finally:
+            for p in params:
+                p.grad = None
+            with torch.no_grad():
+                for p, original in zip(trainable, saved, strict=False):  # saved is empty when nothing changed
+                    if moved:
+                        p.data = original
+                    else:
+                        p.copy_(original)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+    ddp_info: dict[str, Any] | None = None
+    if ddp:
+        from surgery._ddp import run_ddp
+
+        outcome = run_ddp(model, world_size=ddp, device=dev, batch_size=batch_size, image_size=image_size, amp=amp_dtype,
+                          timeout=float(ddp_timeout))
+        run.add(outcome.findings)
+        ddp_info = outcome.info()
+        finish(Phase("ddp", "skipped" if outcome.skipped else "", outcome.seconds, note=outcome.note()))
+
+    return SmokeResult(
+        ok=report.ok,
+        findings=list(report.findings),
+        phases=phases,
+        device=str(dev),
+        device_note=device_note,
+        model=type(model).__name__,
+        family=family,
+        batch_size=batch_size,
+        image_size=image_size,
+        steps=steps,
+        amp=amp_name,
+        losses=dict(run.losses),
+        memory_source=MEMORY_SOURCES[dev.type],
+        ddp=ddp_info,
+    )

@@ -1,0 +1,153 @@
+"""The DDP phase of smoke_test: two gloo processes on CPU, loopback, always cleaned up."""
+
+from __future__ import annotations
+
+import glob
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+from surgery import SmokeTestError, smoke_test
+from surgery._ddp import parse_unused
+from tests.helpers import fingerprint
+from tests.test_smoke import assert_restored, stamped, tiny_maskrcnn
+
+SIZE = 128
+#: What DDP (torch 2.14, TORCH_DISTRIBUTED_DEBUG=INFO) raised for a module whose ``spare`` Linear got no gradient.
+DDP_MESSAGE = (
+    "Expected to have finished reduction in the prior iteration before starting a new one. This error indicates that your "
+    "module has parameters that were not used in producing loss. You can enable unused parameter detection by passing the "
+    "keyword argument `find_unused_parameters=True` to `torch.nn.parallel.DistributedDataParallel`, and by \nmaking sure all "
+    "`forward` function outputs participate in calculating loss. \n"
+    "Parameters which did not receive grad for rank 0: spare.bias, spare.weight\n"
+    "Parameter indices which did not receive grad for rank 0: 2 3"
+)
+
+
+def resnet18_maskrcnn(num_classes: int = 20) -> MaskRCNN:
+    """DESIGN.md's model with a resnet18 FPN backbone and few RoIs, so that a DDP step is quick on CPU."""
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    return MaskRCNN(backbone, num_classes, min_size=SIZE, max_size=SIZE, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
+                    rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32, box_detections_per_img=10)
+
+
+def recipe_model() -> MaskRCNN:
+    """The motivating recipe: a predictor hung off the model root, where forward never calls it."""
+    model = resnet18_maskrcnn()
+    model.mask_predictor = MaskRCNNPredictor(256, 256, 20)
+    return model
+
+
+class HangsUnderDDP(nn.Module):
+    """A mask head that sleeps for ten minutes, but only inside a DDP worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(32, 32, 3, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if dist.is_initialized():
+            time.sleep(600)
+        return self.conv(x)
+
+
+class CrashesUnderDDP(HangsUnderDDP):
+    """A mask head that kills its process, but only inside a DDP worker."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if dist.is_initialized():
+            os._exit(3)
+        return self.conv(x)
+
+
+def _leftovers() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "surgery-ddp-*")))
+
+
+def test_parse_unused_reads_names_or_maps_indices() -> None:
+    assert parse_unused(DDP_MESSAGE, ["used.weight", "used.bias", "spare.weight", "spare.bias"]) == ["spare.bias", "spare.weight"]
+    only_indices = DDP_MESSAGE.replace("Parameters which did not receive grad for rank 0: spare.bias, spare.weight\n", "")
+    assert parse_unused(only_indices, ["used.weight", "used.bias", "spare.weight", "spare.bias"]) == ["spare.weight", "spare.bias"]
+    assert parse_unused("some other error", ["a"]) == []
+
+
+@pytest.mark.slow
+def test_ddp_fails_on_the_motivating_recipe_and_names_the_module() -> None:
+    before = _leftovers()
+    model, fp, grads = stamped(recipe_model())
+    result = smoke_test(model, device="cpu", image_size=SIZE, batch_size=1, ddp=2, check=False)
+    assert not result.ok
+    assert [(f.code, f.paths) for f in result.findings] == [("unused-parameter", ("mask_predictor",))]
+    phase = result.phase("ddp")
+    assert phase.status == "failed"
+    assert phase.note == (
+        "2 processes, gloo on cpu, 2 steps, find_unused_parameters=False; rank 0 raised RuntimeError at step 2: Expected to have "
+        "finished reduction in the prior iteration before starting a new one. (no gradient: mask_predictor)"
+    )
+    assert result.ddp is not None
+    assert (result.ddp["world_size"], result.ddp["backend"], result.ddp["device"], result.ddp["steps"]) == (2, "gloo", "cpu", 2)
+    assert [len(steps) for steps in result.ddp["losses"]] == [1, 1]  # the second step raises before its losses
+    assert multiprocessing.active_children() == []
+    assert _leftovers() == before
+    assert_restored(model, fp, grads)
+
+
+@pytest.mark.slow
+def test_ddp_passes_on_the_fixed_model() -> None:
+    model = recipe_model()
+    model.roi_heads.mask_predictor = model.mask_predictor  # the fix check proposes
+    del model.mask_predictor
+    result = smoke_test(model, device="cpu", image_size=SIZE, batch_size=1, ddp=2)
+    assert result.ok, str(result)
+    assert [p.name for p in result.phases] == ["check", "train", "eval", "ddp"]
+    assert result.phase("ddp").status == "ok"
+    assert result.ddp is not None
+    losses = result.ddp["losses"]
+    assert [len(steps) for steps in losses] == [2, 2]
+    assert all(set(step) == set(result.losses) and all(math.isfinite(v) for v in step.values()) for steps in losses for step in steps)
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.slow
+def test_ddp_workers_past_the_timeout_are_killed() -> None:
+    before = _leftovers()
+    model = tiny_maskrcnn()
+    model.roi_heads.mask_head = HangsUnderDDP()
+    fp = fingerprint(model)
+    start = time.perf_counter()
+    with pytest.raises(SmokeTestError, match=r"the 2 DDP workers did not finish within 10 s and were killed"):
+        smoke_test(model, device="cpu", image_size=SIZE, ddp=2, ddp_timeout=10, check=False)
+    assert time.perf_counter() - start < 45
+    assert multiprocessing.active_children() == []
+    assert _leftovers() == before
+    assert fingerprint(model) == fp
+
+
+@pytest.mark.slow
+def test_a_crashed_worker_is_a_smoke_test_error_with_its_exit_code() -> None:
+    model = tiny_maskrcnn()
+    model.roi_heads.mask_head = CrashesUnderDDP()
+    with pytest.raises(SmokeTestError, match=r"DDP rank [01] exited with code 3 without a result"):
+        smoke_test(model, device="cpu", image_size=SIZE, ddp=2, ddp_timeout=120, check=False)
+    assert multiprocessing.active_children() == []
+
+
+def test_an_unpicklable_model_is_refused_before_any_process_starts() -> None:
+    model = tiny_maskrcnn()
+    model.scale = lambda x: x * 2  # a lambda attribute cannot be pickled
+    fp = fingerprint(model)
+    with pytest.raises(SmokeTestError, match=r"ddp=2 sends the model to its worker processes by pickling it, and MaskRCNN cannot be pickled"):
+        smoke_test(model, device="cpu", image_size=SIZE, ddp=2, check=False)
+    assert multiprocessing.active_children() == []
+    assert fingerprint(model) == fp
