@@ -643,7 +643,13 @@ def _static_label(model: nn.Module, comps: dict[str, Component], src: str, dst: 
         return "proposals" if src.startswith("rpn.") else "detections"
     if _is_pooler(producer):
         assert producer is not None
-        feeding = [comps[a].out_sig for a, b in flow if b == src and a in comps and comps[a].out_sig is not None]
+        # the feature maps it pools, not the proposals/detections or anchors that also flow in
+        feeding = [
+            comps[a].out_sig
+            for a, b in flow
+            if b == src and a in comps and comps[a].out_sig is not None
+            and not a.startswith(_BOX_SOURCES) and not _is_anchor_generator(_get(model, a))
+        ]
         channels = [sig.size for sig in feeding if sig is not None and sig.kind == "channels" and isinstance(sig.size, int)]
         size = producer.output_size if isinstance(producer.output_size, (tuple, list)) else (producer.output_size,) * 2
         if channels:

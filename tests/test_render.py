@@ -182,6 +182,8 @@ def test_static_labels_are_channels(maskrcnn: nn.Module) -> None:
     assert labels[("backbone.fpn", "rpn.head")] == "256 ch"
     assert labels[("roi_heads.box_head", "roi_heads.box_predictor")] == "1024 feat"
     assert labels[("roi_heads.mask_roi_pool", "roi_heads.mask_head")] == "256×14×14"
+    # the pooler's channels come from the feature maps, not from rpn.head's 3 objectness channels
+    assert labels[("roi_heads.box_roi_pool", "roi_heads.box_head")] == "256×7×7"
     assert labels[("rpn.anchor_generator", "roi_heads.box_roi_pool")] == "anchors"
     assert [n.path for n in graph.nodes] == MASKRCNN_SLOTS
     head = graph.node("roi_heads.mask_head")
