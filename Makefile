@@ -32,6 +32,9 @@ setup: $(STAMP) graphviz
 demo: setup
 	$(VENV)/bin/surgery inspect
 	$(VENV)/bin/surgery check
+	@mkdir -p out
+	$(VENV)/bin/surgery render -o out/maskrcnn.svg
+	@echo "diagram written to out/maskrcnn.svg"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
