@@ -49,8 +49,9 @@ from torch.nn.parallel import DistributedDataParallel
 from surgery._errors import SmokeTestError
 from surgery.anatomy import anatomy_for
 from surgery.findings import Finding, Report
-from surgery.smoke import _first_lines, _raised_finding_text, _tensors, _Where, unused_parameter_findings
+from surgery.smoke import _first_lines, _raised_finding_text, _tensors, _Where
 from surgery.synthetic import DETECTION_FAMILIES, fit_transform, synthetic_batch
+from surgery.trace import unused_parameter_findings
 
 __all__ = ["DDPOutcome", "run_ddp", "parse_unused"]
 

@@ -49,7 +49,7 @@ from surgery._errors import IncompatibleError, NotAModuleError, PathError
 from surgery.anatomy import anatomy_for
 from surgery.anatomy._backbone import backbone_features
 from surgery.anatomy._base import PROBE_BATCH, Context, Features, is_stock
-from surgery.anatomy.rcnn import _BRANCHES
+from surgery.anatomy.rcnn import _BRANCHES, pool_size
 from surgery.check import check as _run_check
 from surgery.findings import Finding, Report
 from surgery.signature import meta_like, meta_probe, output_signature
@@ -308,14 +308,6 @@ def _consumers(model: nn.Module, path: str) -> list[str]:
     return []
 
 
-def _size2(value: object) -> tuple[int, int] | None:
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return (int(value[0]), int(value[1]))
-    return None
-
-
 def _produced_width(model: nn.Module, rule: _Rule) -> int | None:
     """Channels/features the head emits: read statically for torch/torchvision modules, probed otherwise."""
     head = paths.get(model, rule.head)
@@ -325,7 +317,7 @@ def _produced_width(model: nn.Module, rule: _Rule) -> int | None:
         return static_width
     feats = backbone_features(Context(model), "backbone")
     width = feats.common_channels() if isinstance(feats, Features) else None
-    size = _size2(getattr(_slot_content(model, rule.pool), "output_size", None))
+    size = pool_size(getattr(_slot_content(model, rule.pool), "output_size", None))
     if width is not None and size is not None:
         probe = meta_probe(head, meta_like((PROBE_BATCH, width, *size)))
         if probe.ok and isinstance(probe.output, torch.Tensor) and probe.output.dim() >= 2:

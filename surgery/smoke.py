@@ -37,6 +37,7 @@ from surgery._state import preserved
 from surgery.anatomy import anatomy_for
 from surgery.findings import Finding, Report
 from surgery.synthetic import DETECTION_FAMILIES, fit_transform, num_classes_of, synthetic_batch
+from surgery.trace import unused_parameter_findings
 
 __all__ = [
     "LOSS_KEYS",
@@ -45,7 +46,6 @@ __all__ = [
     "resolve_amp",
     "resolve_device",
     "smoke_test",
-    "unused_parameter_findings",
 ]
 
 #: Loss keys every family's train step must return (R-CNN adds ``loss_mask`` / ``loss_keypoint``
@@ -486,60 +486,6 @@ def _first_lines(text: str, limit: int = 600) -> str:
 
 
 # --------------------------------------------------------------------------- unused parameters
-
-
-def unused_parameter_findings(
-    model: nn.Module,
-    names: Iterable[str],
-    *,
-    context: str = "the train step",
-    detail: str = "DistributedDataParallel(find_unused_parameters=False) fails on this model.",
-) -> list[Finding]:
-    """Group trainable parameters that got no gradient by the top-most module they fill.
-
-    A module all of whose trainable parameters are unused is reported once (its children are
-    not repeated); leftover parameters of partly-used modules are grouped by their owner.
-
-    Args:
-        model: The model the parameter names refer to.
-        names: Dotted parameter names (``named_parameters()`` form) that got no gradient.
-        context: What found them, for the message (e.g. ``"the train step"``).
-        detail: A sentence appended to each message.
-
-    Returns:
-        One ``unused-parameter`` error per group, in module order.
-    """
-    unused = set(names)
-    if not unused:
-        return []
-    params = dict(model.named_parameters())
-    modules = dict(model.named_modules())
-    order = {n: i for i, n in enumerate(params)}
-    groups: list[tuple[str, list[str], bool]] = []  # (module path, parameter names, whole module unused)
-    covered: set[str] = set()
-    for path, module in model.named_modules():
-        mine = [_paths.join(path, n) for n, p in module.named_parameters() if p.requires_grad]
-        if mine and set(mine) <= unused and not covered.intersection(mine):
-            groups.append((path, mine, True))
-            covered.update(mine)
-    by_owner: dict[str, list[str]] = {}
-    for name in sorted(unused - covered, key=lambda n: (order.get(n, len(order)), n)):
-        by_owner.setdefault(name.rpartition(".")[0], []).append(name)
-    groups.extend((owner, names_, False) for owner, names_ in by_owner.items())
-    out = []
-    for path, names_, whole in groups:
-        count = sum(params[n].numel() for n in names_ if n in params)
-        shown = ", ".join(n[len(path) + 1 :] if path else n for n in names_[:4]) + (", …" if len(names_) > 4 else "")
-        where = _describe_module(model, path) if path in modules else path
-        message = (f"{len(names_)} trainable parameter tensor(s) ({count:,} values) of {where or 'the model'} got no "
-                   f"gradient from {context}: {shown}. {detail}")
-        if whole and path:
-            fix = (f"call {path} in the forward pass (attach it to the slot that uses it), delete it, or freeze it: "
-                   f"model.get_submodule({path!r}).requires_grad_(False)")
-        else:
-            fix = f"freeze them: model.get_parameter({names_[0]!r}).requires_grad_(False)"
-        out.append(Finding("error", "unused-parameter", (path,) if path else (), message, fix))
-    return out
 
 
 # --------------------------------------------------------------------------- family expectations

@@ -33,7 +33,7 @@ from surgery.anatomy import anatomy_for
 from surgery.findings import Finding, Severity
 from surgery.synthetic import DETECTION_FAMILIES, SyntheticBatch, _device_of, fit_transform, synthetic_batch, synthetic_targets
 
-__all__ = ["TensorInfo", "Trace", "TraceCall", "TraceEdge", "trace", "trace_findings", "MODES"]
+__all__ = ["TensorInfo", "Trace", "TraceCall", "TraceEdge", "trace", "trace_findings", "unused_parameter_findings", "MODES"]
 
 #: Accepted values of ``trace(mode=...)``.
 MODES = ("eval", "train", "both")
@@ -850,29 +850,66 @@ def _orphan_target(path: str, slot_paths: list[str], all_paths: list[str]) -> st
     return target
 
 
-def _unused_groups(model: nn.Module, no_grad: list[str]) -> dict[str, list[str]]:
-    """Group gradient-less parameters by the outermost module all of whose trainable parameters lack one."""
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    missing = set(no_grad)
-    cache: dict[str, bool] = {}
+def unused_parameter_findings(
+    model: nn.Module,
+    names: Iterable[str],
+    *,
+    context: str = "the train step",
+    detail: str = "DistributedDataParallel(find_unused_parameters=False) fails on this model.",
+    orphans: Mapping[str, str | None] | None = None,
+) -> list[Finding]:
+    """Group trainable parameters that got no gradient by the top-most module they fill.
 
-    def all_missing(prefix: str) -> bool:
-        if prefix not in cache:
-            inside = [n for n in trainable if n.startswith(prefix + ".")] if prefix else trainable
-            cache[prefix] = bool(inside) and all(n in missing for n in inside)
-        return cache[prefix]
+    A module all of whose trainable parameters are unused is reported once (its children are
+    not repeated); leftover parameters of partly-used modules are grouped by their owner.
 
-    groups: dict[str, list[str]] = {}
-    for name in no_grad:
-        owner = name.rsplit(".", 1)[0] if "." in name else ""
-        group = owner
-        while group:
-            parent = group.rsplit(".", 1)[0] if "." in group else ""
-            if not all_missing(parent):
-                break
-            group = parent
-        groups.setdefault(group, []).append(name[len(group) + 1 :] if group else name)
-    return groups
+    Args:
+        model: The model the parameter names refer to.
+        names: Dotted parameter names (``named_parameters()`` form) that got no gradient.
+        context: What found them, for the message (e.g. ``"the train step"``).
+        detail: A sentence appended to each message.
+        orphans: Modules found never to run, each with the slot it was probably meant for;
+            a group inside one is told so, and its fix attaches the orphan there.
+
+    Returns:
+        One ``unused-parameter`` error per group, in module order.
+    """
+    unused = set(names)
+    if not unused:
+        return []
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    order = {n: i for i, n in enumerate(params)}
+    groups: list[tuple[str, list[str], bool]] = []  # (module path, parameter names, whole module unused)
+    covered: set[str] = set()
+    for path, module in model.named_modules():
+        mine = [f"{path}.{n}" if path else n for n, p in module.named_parameters() if p.requires_grad]
+        if mine and set(mine) <= unused and not covered.intersection(mine):
+            groups.append((path, mine, True))
+            covered.update(mine)
+    by_owner: dict[str, list[str]] = {}
+    for name in sorted(unused - covered, key=lambda n: (order.get(n, len(order)), n)):
+        by_owner.setdefault(name.rpartition(".")[0], []).append(name)
+    groups.extend((owner, names_, False) for owner, names_ in by_owner.items())
+    out = []
+    for path, names_, whole in groups:
+        count = sum(params[n].numel() for n in names_ if n in params)
+        shown = ", ".join(n[len(path) + 1 :] if path else n for n in names_[:4]) + (", …" if len(names_) > 4 else "")
+        where = f"{path} ({type(modules[path]).__name__})" if path in modules and path else path
+        message = (f"{len(names_)} trainable parameter tensor(s) ({count:,} values) of {where or 'the model'} got no "
+                   f"gradient from {context}: {shown}. {detail}")
+        orphan = next((o for o in (orphans or {}) if path == o or path.startswith(o + ".")), None)
+        if orphan is not None:
+            target = (orphans or {})[orphan]
+            message += f" {orphan} never runs."
+            fix = f"model.{target} = model.{orphan}; del model.{orphan}" if target else f"del model.{orphan}"
+        elif whole and path:
+            fix = (f"call {path} in the forward pass (attach it to the slot that uses it), delete it, or freeze it: "
+                   f"model.get_submodule({path!r}).requires_grad_(False)")
+        else:
+            fix = f"freeze them: model.get_parameter({names_[0]!r}).requires_grad_(False)"
+        out.append(Finding("error", "unused-parameter", (path,) if path else (), message, fix))
+    return out
 
 
 def _findings(model: nn.Module, anatomy: Any, result: Trace) -> list[Finding]:
@@ -903,23 +940,7 @@ def _findings(model: nn.Module, anatomy: Any, result: Trace) -> list[Finding]:
             fix = f"del model.{path}  # or call it from its parent's forward"
         out.append(Finding("error" if both else "warning", "orphan-module", (path,) + ((target,) if target else ()), message, fix))
     if result.backward and result.no_grad_params:
-        for group, names in _unused_groups(model, result.no_grad_params).items():
-            module = model.get_submodule(group) if group else model
-            values = sum(params[f"{group}.{n}" if group else n].numel() for n in names)
-            label = group or "<model>"
-            message = (
-                f"{len(names)} trainable parameter{'s' if len(names) != 1 else ''} of {label} ({type(module).__name__}) "
-                f"got no gradient from the train step: {', '.join(names)} ({values:,} values)"
-            )
-            orphan = next((o for o in orphans if group == o or group.startswith(o + ".")), None)
-            if orphan is not None:
-                message += f"; {orphan} never runs"
-                target = orphans[orphan]
-                fix = f"model.{target} = model.{orphan}; del model.{orphan}" if target else f"del model.{orphan}"
-            else:
-                message += "; DistributedDataParallel fails on them unless find_unused_parameters=True"
-                fix = f"model.{group}.requires_grad_(False)  # or make the forward use them" if group else "make the loss depend on the parameters"
-            out.append(Finding("error", "unused-parameter", (group,) if group else (), message, fix))
+        out.extend(unused_parameter_findings(model, result.no_grad_params, orphans=orphans))
     if result.non_finite:
         out.append(Finding("error", "non-finite", (), "NaN or Inf in " + ", ".join(result.non_finite), None))
     return out
@@ -936,7 +957,9 @@ def trace_findings(
 
     Runs an eval pass and a train step with backward on a synthetic batch, and returns the
     ``orphan-module``, ``unused-parameter``, ``non-finite`` and ``shape-error`` findings.
-    An orphan already reported in ``known`` (static detection) is not reported again.
+    An orphan already reported in ``known`` (static detection) is not reported again, and
+    neither is a ``shape-error`` between two modules that a static error already names: the
+    forward failing there is the consequence the static finding predicted.
 
     Args:
         model: The model to trace (left as it was).
@@ -949,5 +972,12 @@ def trace_findings(
     """
     result = _run(model, None, train=False, backward=None, depth=None, mode="both", image_size=image_size, batch_size=2, seed=seed)
     result._exception = None
+    known = list(known)
     static_orphans = {f.paths[0] for f in known if f.code == "orphan-module" and f.paths}
-    return [f for f in result.findings if not (f.code == "orphan-module" and f.paths and f.paths[0] in static_orphans)]
+    explained = {f.paths for f in known if f.severity == "error" and len(f.paths) == 2}
+    return [
+        f
+        for f in result.findings
+        if not (f.code == "orphan-module" and f.paths and f.paths[0] in static_orphans)
+        and not (f.code == "shape-error" and f.paths in explained)
+    ]

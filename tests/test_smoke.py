@@ -26,7 +26,8 @@ from torchvision.ops import MultiScaleRoIAlign
 import surgery
 from surgery import SmokeResult, SmokeTestError, smoke_test
 from surgery.cli import main
-from surgery.smoke import LOSS_KEYS, resolve_amp, resolve_device, unused_parameter_findings
+from surgery.smoke import LOSS_KEYS, resolve_amp, resolve_device
+from surgery.trace import unused_parameter_findings
 from tests.conftest import DETECTION_BUILDERS
 from tests.helpers import build, fingerprint
 

@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 import surgery
 from surgery.cli import main
@@ -363,10 +363,25 @@ def test_motivating_recipe_exact() -> None:
         ("error", "unused-parameter", ("mask_predictor",)),
     ]
     assert t.findings[0].fix == "model.roi_heads.mask_predictor = model.mask_predictor; del model.mask_predictor"
-    assert t.findings[1].message.startswith(
-        "4 trainable parameters of mask_predictor (MaskRCNNPredictor) got no gradient from the train step: "
-        "conv5_mask.weight, conv5_mask.bias, mask_fcn_logits.weight, mask_fcn_logits.bias (1,053,972 values)"
+    assert t.findings[1].message == (
+        "4 trainable parameter tensor(s) (1,053,972 values) of mask_predictor (MaskRCNNPredictor) got no gradient from "
+        "the train step: conv5_mask.weight, conv5_mask.bias, mask_fcn_logits.weight, mask_fcn_logits.bias. "
+        "DistributedDataParallel(find_unused_parameters=False) fails on this model. mask_predictor never runs."
     )
+    assert t.findings[1].fix == "model.roi_heads.mask_predictor = model.mask_predictor; del model.mask_predictor"
+
+
+def test_check_with_trace_does_not_repeat_a_statically_explained_forward_failure() -> None:
+    model = resnet18_maskrcnn()
+    model.roi_heads.mask_head = MaskRCNNHeads(256, (256, 256, 512, 512, 1024), 1)  # predictor not rebuilt
+    with light(model):
+        traced = surgery.trace(model, mode="eval", image_size=SIZE, strict=False)
+        report = surgery.check(model, trace=True, probe_image_size=SIZE)
+    # the forward really fails there, and the trace alone says so ...
+    assert [(f.code, f.paths) for f in traced.findings] == [("shape-error", ("roi_heads.mask_head", "roi_heads.mask_predictor"))]
+    # ... but check already explains it with both numbers, so it is reported once
+    assert [(f.code, f.paths) for f in report.errors] == [("channel-mismatch", ("roi_heads.mask_head", "roi_heads.mask_predictor"))]
+    assert "roi_heads.mask_head produces 1024 channels" in report.errors[0].message
 
 
 def test_check_with_trace_merges_static_and_traced_orphans() -> None:
@@ -412,7 +427,7 @@ def test_gated_off_mask_branch() -> None:
         ("orphan-module", ("roi_heads.mask_head",)),
         ("unused-parameter", ("roi_heads.mask_head",)),
     ]
-    assert "8 trainable parameters of roi_heads.mask_head (MaskRCNNHeads)" in t.findings[2].message
+    assert "8 trainable parameter tensor(s) (2,360,320 values) of roi_heads.mask_head (MaskRCNNHeads)" in t.findings[2].message
     # the static pass cannot see it (has_mask() reads all three), the trace does
     with light(model):
         report = surgery.check(model, trace=True, probe_image_size=SIZE)
@@ -606,8 +621,9 @@ def test_cli_check_trace_on_the_motivating_recipe(tmp_path: Path, capsys: pytest
     assert "2 error(s), 0 warning(s)" in out
     assert "error [orphan-module] mask_predictor -> roi_heads.mask_predictor" in out
     assert (
-        "error [unused-parameter] mask_predictor: 4 trainable parameters of mask_predictor (MaskRCNNPredictor) got no gradient "
-        "from the train step: conv5_mask.weight, conv5_mask.bias, mask_fcn_logits.weight, mask_fcn_logits.bias"
+        "error [unused-parameter] mask_predictor: 4 trainable parameter tensor(s) (1,053,972 values) of mask_predictor "
+        "(MaskRCNNPredictor) got no gradient from the train step: conv5_mask.weight, conv5_mask.bias, "
+        "mask_fcn_logits.weight, mask_fcn_logits.bias"
     ) in out
 
 

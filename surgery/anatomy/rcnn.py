@@ -32,7 +32,7 @@ from surgery.anatomy._base import (
 from surgery.findings import Finding, Severity
 from surgery.signature import Signature, input_signature, meta_like, output_signature
 
-__all__ = ["RCNNAnatomy"]
+__all__ = ["RCNNAnatomy", "pool_size"]
 
 _BRANCHES = {
     # kind: (pool, head, predictor, what the predictor makes)
@@ -42,7 +42,8 @@ _BRANCHES = {
 }
 
 
-def _size2(value: object) -> tuple[int, int] | None:
+def pool_size(value: object) -> tuple[int, int] | None:
+    """An RoI pooler's ``output_size`` (an int or a pair) as ``(h, w)``, or None when it is neither."""
     if isinstance(value, int):
         return (value, value)
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
@@ -282,7 +283,7 @@ def _branch(ctx: Context, kind: str) -> Iterable[Finding]:
             present = [n for n in names if n in feats.names]
             severity: Severity = "warning" if present else "error"
             keep = present or [n for n in feats.names if n != "pool"] or feats.names
-            fix_size = _size2(getattr(pool, "output_size", None)) or (7, 7)
+            fix_size = pool_size(getattr(pool, "output_size", None)) or (7, 7)
             sampling = getattr(pool, "sampling_ratio", 2)
             yield finding(severity, "featmap-missing", ("backbone", pool_path),
                           f"{pool_path} pools feature maps {list(names)} but the backbone produces {feats.names}; "
@@ -292,7 +293,7 @@ def _branch(ctx: Context, kind: str) -> Iterable[Finding]:
             if not present:
                 return
     width = feats.common_channels()
-    out_size = _size2(getattr(pool, "output_size", None))
+    out_size = pool_size(getattr(pool, "output_size", None))
     if width is None or out_size is None:
         return
     pooled = Flow((width, *out_size), width)
