@@ -22,6 +22,7 @@ kills whatever is still running, and always removes the temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import math
@@ -183,10 +184,8 @@ def _worker(rank: int, cfg: _Config) -> None:
             json.dump(result, f)
         os.replace(tmp, os.path.join(cfg.out_dir, f"rank{rank}.json"))
         if initialised:
-            try:
+            with contextlib.suppress(RuntimeError):  # the group may already be broken by the failure being reported
                 dist.destroy_process_group()
-            except RuntimeError:  # the group may already be broken by the failure being reported
-                pass
         log.flush()
 
 

@@ -24,7 +24,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -382,10 +382,8 @@ class _Meter:
         try:
             yield self
         finally:
-            try:
+            with suppress(RuntimeError):  # a failed kernel re-raises at sync; the phase already recorded the error
                 _sync(self.device)
-            except RuntimeError:  # a failed kernel re-raises at sync; the phase already recorded the error
-                pass
             self.seconds = time.perf_counter() - start
             if self.device.type == "cuda":
                 self.peak = int(torch.cuda.max_memory_allocated(self.device))
