@@ -476,27 +476,17 @@ class _FlowMode(TorchFunctionMode):
             outs = (args[0],)
         else:
             return out
+        # tensors among the positional args (one level into lists/tuples) and the keyword args
+        candidates = [b for a in args for b in (a if isinstance(a, (list, tuple)) else (a,))]
+        if kwargs:
+            candidates.extend(kwargs.values())
         tag: frozenset[str] | None = None
-        for a in args:
+        for a in candidates:
             if isinstance(a, Tensor):
                 entry = tags.get(id(a))
                 if entry is not None and entry[0]() is a:
                     t = entry[1]
                     tag = t if tag is None or tag is t else self.union(tag, t)
-            elif isinstance(a, (list, tuple)):
-                for b in a:
-                    if isinstance(b, Tensor):
-                        entry = tags.get(id(b))
-                        if entry is not None and entry[0]() is b:
-                            t = entry[1]
-                            tag = t if tag is None or tag is t else self.union(tag, t)
-        if kwargs:
-            for v in kwargs.values():
-                if isinstance(v, Tensor):
-                    entry = tags.get(id(v))
-                    if entry is not None and entry[0]() is v:
-                        t = entry[1]
-                        tag = t if tag is None or tag is t else self.union(tag, t)
         if tag is None:
             return out
         for o in outs:
