@@ -12,6 +12,23 @@ import torch
 import torchvision
 from torch import nn
 
+#: The component paths each torchvision detection family lists, in data-flow order.
+RCNN_BASE = [
+    "transform",
+    "backbone.body",
+    "backbone.fpn",
+    "rpn.anchor_generator",
+    "rpn.head",
+    "roi_heads.box_roi_pool",
+    "roi_heads.box_head",
+    "roi_heads.box_predictor",
+]
+MASK_TRIPLE = ["roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor"]
+KEYPOINT_TRIPLE = ["roi_heads.keypoint_roi_pool", "roi_heads.keypoint_head", "roi_heads.keypoint_predictor"]
+MASKRCNN_SLOTS = RCNN_BASE + MASK_TRIPLE
+DENSE_SLOTS = ["transform", "backbone.body", "backbone.fpn", "anchor_generator", "head.classification_head", "head.regression_head"]
+SSD_SLOTS = ["transform", "backbone", "anchor_generator", "head.classification_head", "head.regression_head"]
+
 
 def build(name: str, **kwargs: Any) -> nn.Module:
     """Build a torchvision model by name with no weights at all (nothing is downloaded)."""

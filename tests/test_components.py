@@ -12,22 +12,8 @@ from torch import nn
 import surgery
 from surgery import Component, NotAModuleError, Overview, components, inspect, paths
 from tests.conftest import DETECTION_BUILDERS
-from tests.helpers import build, fingerprint
+from tests.helpers import DENSE_SLOTS, KEYPOINT_TRIPLE, MASK_TRIPLE, RCNN_BASE, SSD_SLOTS, build, fingerprint
 
-RCNN_BASE = [
-    "transform",
-    "backbone.body",
-    "backbone.fpn",
-    "rpn.anchor_generator",
-    "rpn.head",
-    "roi_heads.box_roi_pool",
-    "roi_heads.box_head",
-    "roi_heads.box_predictor",
-]
-MASK_TRIPLE = ["roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor"]
-KEYPOINT_TRIPLE = ["roi_heads.keypoint_roi_pool", "roi_heads.keypoint_head", "roi_heads.keypoint_predictor"]
-DENSE = ["transform", "backbone.body", "backbone.fpn", "anchor_generator", "head.classification_head", "head.regression_head"]
-SSD = ["transform", "backbone", "anchor_generator", "head.classification_head", "head.regression_head"]
 
 
 def expected_slots(name: str) -> tuple[str, list[str]]:
@@ -39,11 +25,11 @@ def expected_slots(name: str) -> tuple[str, list[str]]:
     if name.startswith("fasterrcnn"):
         return "R-CNN", RCNN_BASE
     if name.startswith("retinanet"):
-        return "RetinaNet", DENSE
+        return "RetinaNet", DENSE_SLOTS
     if name.startswith("fcos"):
-        return "FCOS", DENSE
+        return "FCOS", DENSE_SLOTS
     if name.startswith("ssd"):
-        return "SSD", SSD
+        return "SSD", SSD_SLOTS
     raise AssertionError(f"no expectation written for builder {name!r}")
 
 

@@ -17,26 +17,13 @@ import surgery
 from surgery import Graph, NotAModuleError, RenderError, SurgeryError
 from surgery.cli import main
 from surgery.render import brief, module_changes, slot_changes
-from tests.helpers import build, fingerprint
+from tests.helpers import MASKRCNN_SLOTS, build, fingerprint
 
 GOLDEN = Path(__file__).parent / "golden"
 SVG = "{http://www.w3.org/2000/svg}"
 XLINK = "{http://www.w3.org/1999/xlink}"
 RED = "#d32f2f"
 
-MASKRCNN_SLOTS = [
-    "transform",
-    "backbone.body",
-    "backbone.fpn",
-    "rpn.anchor_generator",
-    "rpn.head",
-    "roi_heads.box_roi_pool",
-    "roi_heads.box_head",
-    "roi_heads.box_predictor",
-    "roi_heads.mask_roi_pool",
-    "roi_heads.mask_head",
-    "roi_heads.mask_predictor",
-]
 
 
 def broken(model: nn.Module) -> nn.Module:
