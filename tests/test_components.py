@@ -15,7 +15,6 @@ from tests.conftest import DETECTION_BUILDERS
 from tests.helpers import DENSE_SLOTS, KEYPOINT_TRIPLE, MASK_TRIPLE, RCNN_BASE, SSD_SLOTS, build, fingerprint
 
 
-
 def expected_slots(name: str) -> tuple[str, list[str]]:
     """(family, exact component paths) of a torchvision detection builder."""
     if name.startswith("maskrcnn"):
