@@ -33,7 +33,8 @@ from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from surgery import smoke_test
-from surgery.synthetic import fit_transform, synthetic_batch
+from surgery.anatomy import anatomy_for
+from surgery.synthetic import synthetic_batch
 
 
 def _sync(device: torch.device) -> None:
@@ -49,7 +50,7 @@ def hand_written(model: nn.Module, device: torch.device, batch_size: int, image_
     """
     images, targets = synthetic_batch(model, batch_size, image_size, device=device, seed=0)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    fit_transform(model, [(image_size, image_size)] * batch_size)
+    anatomy_for(model).fit_inputs(model, [(image_size, image_size)] * batch_size)
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
 
     def run() -> dict[str, float]:

@@ -42,7 +42,7 @@ from torch import nn
 
 import surgery
 from surgery._state import preserved
-from surgery.synthetic import fit_transform
+from surgery.anatomy import anatomy_for
 
 MODEL = "maskrcnn_resnet50_fpn"
 KINDS = ("plain-eval", "traced-eval", "plain-train", "traced-train")
@@ -54,7 +54,7 @@ def build(name: str = MODEL) -> nn.Module:
 
 def runner(model: nn.Module, kind: str, batch: surgery.SyntheticBatch, seed: int = 0) -> Callable[[], None]:
     """A closure running one pass of ``kind`` on ``batch``. Plain passes expect the model's
-    transform already fitted to the images (:func:`fit_transform`); traced ones fit it themselves."""
+    transform already fitted to the images (:meth:`Anatomy.fit_inputs`); traced ones fit it themselves."""
     images, targets = batch
 
     def plain_eval() -> None:
@@ -133,7 +133,7 @@ def child(kind: str, size: int) -> dict[str, Any]:
     model = build()
     batch = surgery.synthetic_batch(model, image_size=size)
     if kind.startswith("plain"):
-        fit_transform(model, [(size, size)] * len(batch.images))
+        anatomy_for(model).fit_inputs(model, [(size, size)] * len(batch.images))
     keep = {id(t) for t in model.state_dict().values()} | {id(t) for t in batch.images}
     keep |= {id(v) for t in batch.targets or [] for v in t.values()}
     fn = runner(model, kind, batch)
@@ -191,7 +191,7 @@ def main() -> None:
     for size in ns.sizes:
         batch = surgery.synthetic_batch(model, image_size=size)
         with preserved(model):
-            fit_transform(model, [(size, size)] * len(batch.images))
+            anatomy_for(model).fit_inputs(model, [(size, size)] * len(batch.images))
             rows.extend(measure(model, batch, size, ns.repeats))
     print()
     print(f"{'size':>4}  {'pass':<5}  {'plain wall':>10}  {'traced wall':>11}  {'ratio':>5}  {'plain cpu':>9}  {'traced cpu':>10}  {'ratio':>5}")

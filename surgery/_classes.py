@@ -1,9 +1,9 @@
-"""The class-dependent layers of each detection family, and how to resize them.
+"""Resizing class-dependent layers: keep the rows of kept classes, initialise the rest.
 
 :func:`surgery.set_num_classes` (in :mod:`surgery.edit`) wraps :func:`resize_classes` in a
-checked, all-or-nothing transaction. This module only knows where the class-dependent
-layers are, how torchvision lays their outputs out and initialises them, and how to copy the
-rows of kept classes into a freshly built layer.
+checked, all-or-nothing transaction. Where the class-dependent layers are and how their
+family initialises them comes from the anatomy (:meth:`Anatomy.class_layers`); this module
+only copies the rows of kept classes into freshly built layers.
 
 Output layout of a class-dependent layer: ``anchors × classes × per_class`` outputs, anchor
 first. ``RetinaNetClassificationHead.forward`` views ``cls_logits`` as ``(N, -1, num_classes, H, W)``,
@@ -13,95 +13,23 @@ gives class ``k`` the four rows ``4k .. 4k + 3``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
-from torchvision.models.detection.ssd import SSD
-from torchvision.models.detection.ssdlite import SSDLiteClassificationHead
 
 from surgery import paths
-from surgery._errors import PathError
+from surgery.anatomy import Anatomy
 from surgery.findings import Report
 
-__all__ = ["ClassChange", "KeepSpec", "resize_classes", "class_slots"]
+__all__ = ["ClassChange", "KeepSpec", "resize_classes"]
 
 #: ``{new_index: old_index}``, or a sequence whose item ``i`` is the old index new class ``i`` takes.
 KeepSpec = Mapping[int, int] | Sequence[int]
 
-#: torchvision's default ``prior_probability`` of RetinaNet and FCOS classification heads.
-_PRIOR = 0.01
-
-
 _Layer = nn.Linear | nn.Conv2d
-
-
-def _linear_default(layer: _Layer) -> None:
-    """``FastRCNNPredictor`` keeps ``nn.Linear``'s own initialisation: nothing to add."""
-
-
-def _mask_logits_init(layer: _Layer) -> None:
-    # MaskRCNNPredictor: kaiming_normal_(fan_out, relu) on weights; its bias line is commented
-    # out in torchvision, so the bias keeps nn.Conv2d's default initialisation.
-    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-
-
-def _focal_init(layer: _Layer) -> None:
-    # RetinaNetClassificationHead / FCOSClassificationHead: N(0, 0.01) weights, bias -log((1 - p) / p).
-    nn.init.normal_(layer.weight, std=0.01)
-    if layer.bias is not None:
-        nn.init.constant_(layer.bias, -math.log((1 - _PRIOR) / _PRIOR))
-
-
-def _xavier_init(layer: _Layer) -> None:
-    # SSDClassificationHead (torchvision's ssd._xavier_init)
-    nn.init.xavier_uniform_(layer.weight)
-    if layer.bias is not None:
-        nn.init.constant_(layer.bias, 0.0)
-
-
-def _ssdlite_init(layer: _Layer) -> None:
-    # SSDLiteClassificationHead (torchvision's ssdlite._normal_init)
-    nn.init.normal_(layer.weight, mean=0.0, std=0.03)
-    if layer.bias is not None:
-        nn.init.constant_(layer.bias, 0.0)
-
-
-@dataclass(frozen=True)
-class _ClassLayer:
-    """One layer whose outputs are ``anchors × classes × per_class``.
-
-    Attributes:
-        path: Dotted path of the layer (an ``nn.Linear`` or ``nn.Conv2d``).
-        slot: The slot it belongs to (what ``check`` is scoped to).
-        anchors: Anchor groups in its output (1 for R-CNN predictors).
-        per_class: Outputs per class and anchor (4 for ``bbox_pred``, else 1).
-        old_classes: Classes it predicts now.
-        init: Initialises a freshly built layer the way torchvision does.
-        init_name: What ``init`` does, for messages.
-    """
-
-    path: str
-    slot: str
-    anchors: int
-    per_class: int
-    old_classes: int
-    init: Callable[[_Layer], None]
-    init_name: str
-
-
-@dataclass(frozen=True)
-class _AttrUpdate:
-    """An attribute that stores the class count (``num_classes``, ``num_columns``)."""
-
-    path: str
-    name: str
 
 
 def _describe(layer: nn.Module) -> str:
@@ -110,129 +38,6 @@ def _describe(layer: nn.Module) -> str:
     if isinstance(layer, nn.Conv2d):
         return f"Conv2d({layer.in_channels}, {layer.out_channels}, kernel_size={tuple(layer.kernel_size)})"
     return type(layer).__name__
-
-
-def _int_attr(module: nn.Module, name: str) -> int:
-    value = getattr(module, name, None)
-    if not _is_index(value):
-        raise ValueError(f"{type(module).__name__}.{name} should be an int, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
-
-
-def _need(model: nn.Module, path: str, kinds: tuple[type[nn.Module], ...], what: str) -> nn.Module:
-    try:
-        module: nn.Module | None = paths.get(model, path)
-    except PathError:
-        module = None
-    if not isinstance(module, kinds):
-        parent_path, name = paths.parent_of(path)
-        if module is None:
-            problem = f"{parent_path} ({type(paths.get(model, parent_path)).__name__}) has no {name!r} layer"
-        else:
-            problem = f"it is a {type(module).__name__}, not an {' or '.join(k.__name__ for k in kinds)}"
-        raise ValueError(
-            f"set_num_classes() rebuilds {path} as {what}, but {problem}; replace that slot yourself "
-            "(surgery.replace) with a module built for the new class count"
-        )
-    return module
-
-
-def _rcnn_layers(model: nn.Module) -> tuple[list[_ClassLayer], list[_AttrUpdate]]:
-    box = "roi_heads.box_predictor"
-    predictor = paths.get(model, box)
-    for name in ("cls_score", "bbox_pred"):
-        if not isinstance(predictor._modules.get(name), nn.Linear):
-            raise ValueError(
-                f"set_num_classes() rebuilds {box}.cls_score and {box}.bbox_pred (FastRCNNPredictor's layers), but "
-                f"{box} is a {type(predictor).__name__} without an nn.Linear {name!r}; replace it yourself with "
-                f"surgery.replace(model, {box!r}, FastRCNNPredictor(in_features, num_classes))"
-            )
-    cls_score = predictor._modules["cls_score"]
-    bbox_pred = predictor._modules["bbox_pred"]
-    assert isinstance(cls_score, nn.Linear) and isinstance(bbox_pred, nn.Linear)  # checked just above
-    classes = int(cls_score.out_features)
-    if bbox_pred.out_features != 4 * classes:
-        raise ValueError(
-            f"{box}.cls_score scores {classes} classes but {box}.bbox_pred predicts {bbox_pred.out_features} box deltas, "
-            f"not 4 × {classes}; the predictor is inconsistent, so the rows of a class cannot be located. "
-            f"Replace it with FastRCNNPredictor({cls_score.in_features}, {classes}) first"
-        )
-    layers = [
-        _ClassLayer(f"{box}.cls_score", box, 1, 1, classes, _linear_default, "nn.Linear default"),
-        _ClassLayer(f"{box}.bbox_pred", box, 1, 4, classes, _linear_default, "nn.Linear default"),
-    ]
-    mask = "roi_heads.mask_predictor"
-    if paths.exists(model, mask):
-        logits = _need(model, f"{mask}.mask_fcn_logits", (nn.Conv2d,), "MaskRCNNPredictor's 1×1 class conv")
-        layers.append(
-            _ClassLayer(f"{mask}.mask_fcn_logits", mask, 1, 1, _int_attr(logits, "out_channels"), _mask_logits_init,
-                        "kaiming_normal_(fan_out, relu) weights, nn.Conv2d default bias")
-        )
-    # keypoint predictors predict keypoints, not classes: nothing to do
-    return layers, []
-
-
-def _dense_layers(model: nn.Module) -> tuple[list[_ClassLayer], list[_AttrUpdate]]:
-    slot = "head.classification_head"
-    head = _need(model, slot, (RetinaNetClassificationHead, FCOSClassificationHead), "a classification head")
-    logits = _need(model, f"{slot}.cls_logits", (nn.Conv2d,), "the class-logits conv")
-    anchors, classes = _int_attr(head, "num_anchors"), _int_attr(head, "num_classes")
-    out = _int_attr(logits, "out_channels")
-    if out != anchors * classes:
-        raise ValueError(
-            f"{slot}.cls_logits has {out} output channels but {slot} says {anchors} anchors × {classes} classes = "
-            f"{anchors * classes}; fix that mismatch (surgery.check reports it) before changing the class count"
-        )
-    return (
-        [_ClassLayer(f"{slot}.cls_logits", slot, anchors, 1, classes, _focal_init,
-                     f"normal_(std=0.01) weights, bias -log((1 - {_PRIOR}) / {_PRIOR})")],
-        [_AttrUpdate(slot, "num_classes")],
-    )
-
-
-def _ssd_layers(model: nn.Module) -> tuple[list[_ClassLayer], list[_AttrUpdate]]:
-    slot = "head.classification_head"
-    head = paths.get(model, slot)
-    columns = getattr(head, "num_columns", None)
-    module_list = head._modules.get("module_list")
-    if not isinstance(columns, int) or not isinstance(module_list, nn.ModuleList):
-        raise ValueError(
-            f"set_num_classes() rebuilds the convs of {slot}.module_list, but {slot} is a {type(head).__name__} "
-            "without module_list / num_columns (SSDClassificationHead's layout)"
-        )
-    lite = isinstance(head, SSDLiteClassificationHead)
-    layers = []
-    for i in range(len(module_list)):
-        path = f"{slot}.module_list.{i}.1" if lite else f"{slot}.module_list.{i}"
-        conv = _need(model, path, (nn.Conv2d,), "a class-logits conv")
-        out = _int_attr(conv, "out_channels")
-        if out % columns:
-            raise ValueError(
-                f"{path} outputs {out} channels, not a multiple of {slot}.num_columns = {columns}; "
-                "fix that mismatch (surgery.check reports it) before changing the class count"
-            )
-        init, name = (_ssdlite_init, "normal_(std=0.03) weights, zero bias") if lite else (_xavier_init, "xavier_uniform_ weights, zero bias")
-        layers.append(_ClassLayer(path, slot, out // columns, 1, columns, init, name))
-    return layers, [_AttrUpdate(slot, "num_columns")]
-
-
-def class_slots(model: nn.Module) -> tuple[list[_ClassLayer], list[_AttrUpdate]]:
-    """The class-dependent layers of ``model``'s family and the attributes that store the count.
-
-    Raises:
-        ValueError: The family is unknown, or a class-dependent slot holds a module whose layout
-            is not torchvision's.
-    """
-    if isinstance(model, GeneralizedRCNN):
-        return _rcnn_layers(model)
-    if isinstance(model, (RetinaNet, FCOS)):
-        return _dense_layers(model)
-    if isinstance(model, SSD):
-        return _ssd_layers(model)
-    raise ValueError(
-        f"set_num_classes() knows the class-dependent layers of Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS and SSD; "
-        f"{type(model).__name__} is none of these. Replace its classifier yourself with surgery.replace()"
-    )
 
 
 def _is_index(value: object) -> bool:
@@ -353,13 +158,14 @@ def _fresh(old: _Layer, out: int, init: Callable[[_Layer], None]) -> _Layer:
     return new
 
 
-def resize_classes(model: nn.Module, num_classes: int, keep: KeepSpec | None = None) -> tuple[ClassChange, list[str]]:
+def resize_classes(model: nn.Module, anatomy: Anatomy, num_classes: int, keep: KeepSpec | None = None) -> tuple[ClassChange, list[str]]:
     """Rebuild every class-dependent layer of ``model`` for ``num_classes`` classes (unchecked).
 
     Everything is validated before the first change. The caller makes the change atomic.
 
     Args:
-        model: A Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS or SSD model.
+        model: A model whose family knows its class-dependent layers.
+        anatomy: The model's anatomy.
         num_classes: The new class count (background included where the family has one).
         keep: Which trained classes to carry over; see :func:`normalise_keep`.
 
@@ -374,7 +180,7 @@ def resize_classes(model: nn.Module, num_classes: int, keep: KeepSpec | None = N
         raise TypeError(f"num_classes must be an int >= 1, got {type(num_classes).__name__} {num_classes!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 (background counts as a class in R-CNN models), got {num_classes}")
-    layers, attrs = class_slots(model)
+    layers, attrs = anatomy.class_layers(model)
     smallest = min(layer.old_classes for layer in layers)
     mapping = normalise_keep(keep, num_classes, smallest)
     change = ClassChange(old_num_classes=layers[0].old_classes, num_classes=num_classes, kept=mapping)
@@ -386,7 +192,7 @@ def resize_classes(model: nn.Module, num_classes: int, keep: KeepSpec | None = N
     fresh_by_layer: dict[str, _Layer] = {}
     for layer in layers:  # build everything first: nothing in the model changes until all layers exist
         found = paths.get(model, layer.path)
-        assert isinstance(found, (nn.Linear, nn.Conv2d))  # class_slots only returns such layers
+        assert isinstance(found, (nn.Linear, nn.Conv2d))  # class_layers only returns such layers
         old_layers[layer.path] = found
         fresh_by_layer[layer.path] = _fresh(found, layer.anchors * num_classes * layer.per_class, layer.init)
     for layer in layers:

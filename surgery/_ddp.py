@@ -48,10 +48,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from surgery._errors import SmokeTestError
+from surgery._util import ModuleStack, first_lines, tensors_in
 from surgery.anatomy import anatomy_for
 from surgery.findings import Finding, Report
-from surgery.smoke import _first_lines, _raised_finding_text, _tensors, _Where
-from surgery.synthetic import DETECTION_FAMILIES, fit_transform, synthetic_batch
+from surgery.smoke import _raised_finding_text
+from surgery.synthetic import synthetic_batch
 from surgery.trace import unused_parameter_findings
 
 __all__ = ["DDPOutcome", "run_ddp", "parse_unused"]
@@ -190,37 +191,38 @@ def _worker(rank: int, cfg: _Config) -> None:
 
 
 def _run_steps(rank: int, cfg: _Config, model: nn.Module, device: torch.device, result: dict[str, Any]) -> None:
-    family = anatomy_for(model).name
-    if family in DETECTION_FAMILIES:
-        fit_transform(model, [(cfg.image_size, cfg.image_size)] * cfg.batch_size)
+    anatomy = anatomy_for(model)
+    anatomy.fit_inputs(model, [(cfg.image_size, cfg.image_size)] * cfg.batch_size)
     model.train()
     result["param_names"] = [n for n, p in model.named_parameters() if p.requires_grad]
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if cfg.cuda else None, find_unused_parameters=False)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     amp = getattr(torch, cfg.amp) if cfg.amp else None
     for step in range(STEPS):
-        images, targets = synthetic_batch(model, cfg.batch_size, cfg.image_size, device=device, seed=1000 * rank + step)
-        where = _Where(model)
+        images, targets = synthetic_batch(model, cfg.batch_size, cfg.image_size, device=device, seed=1000 * rank + step, anatomy=anatomy)
+        where = ModuleStack(model)
         try:
             with where, (torch.autocast(device_type=device.type, dtype=amp) if amp is not None else nullcontext()):
-                output = wrapped(images, targets) if family in DETECTION_FAMILIES else wrapped(images)
+                output = anatomy.call(wrapped, images, targets, train=True)
         except Exception as e:  # noqa: BLE001 - reported through the result file
             result["error_type"], result["error"] = type(e).__name__, str(e)
             result["where"], result["oom"], result["step"] = where.innermost(), isinstance(e, torch.OutOfMemoryError), step + 1
             return
-        if isinstance(output, dict):
-            losses = output
+        family_losses = anatomy.train_losses(model, output, targets)
+        losses: dict[str, torch.Tensor]
+        if isinstance(family_losses, dict):
+            losses = family_losses
         else:
-            losses = {"output": sum(t.float().mean() for t in _floats(output))}
+            losses = {"output": torch.stack([t.float().mean() for t in _floats(output)]).sum()}
         result["losses"].append({k: float(v.detach().float()) for k, v in losses.items()})
-        total = sum(v.float().sum() for v in losses.values())
+        total = torch.stack([v.float().sum() for v in losses.values()]).sum()
         total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
 
 def _floats(value: Any) -> list[torch.Tensor]:
-    return [t for t in _tensors(value) if t.is_floating_point()]
+    return [t for t in tensors_in(value) if t.is_floating_point()]
 
 
 # --------------------------------------------------------------------------- parent side
@@ -378,7 +380,7 @@ def run_ddp(
                 detail=f"DistributedDataParallel(find_unused_parameters=False) raised on rank {rank}, step {r.get('step') or STEPS}: {said}"))
         elif "did not receive grad" in r["error"] or "finished reduction in the prior iteration" in r["error"]:
             report.extend([Finding("error", "unused-parameter", (), f"DistributedDataParallel(find_unused_parameters=False) raised on rank {rank}: "
-                                   f"{_first_lines(r['error'])}", "run surgery.smoke_test(model) without ddp to see which modules get no gradient")])
+                                   f"{first_lines(r['error'])}", "run surgery.smoke_test(model) without ddp to see which modules get no gradient")])
         else:
             label = f"DDP rank {rank}" + (f", step {r['step']}" if r.get("step") else "")
             report.extend([_raised_finding_text(model, r["where"], label, r["error_type"] or "Error", r["error"], bool(r["oom"]))])

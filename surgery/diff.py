@@ -31,8 +31,8 @@ import statistics
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -44,6 +44,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from surgery._errors import NotAModuleError
 from surgery._state import preserved
+from surgery._util import device_of, first_line, sync
+from surgery.anatomy import Anatomy, anatomy_for
 from surgery.overview import count_params, human
 from surgery.render import Change, module_changes, slot_changes
 
@@ -277,55 +279,25 @@ def _storage(value: Any) -> Any:
         return None
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextmanager
-def _all_detections(model: nn.Module) -> Iterator[None]:
-    """Set every module's float ``score_thresh`` to 0 for the block, then put it back."""
-    saved: list[tuple[nn.Module, float]] = []
-    for m in model.modules():
-        value = m.__dict__.get("score_thresh")
-        if isinstance(value, float):
-            saved.append((m, value))
-    try:
-        for m, _ in saved:
-            m.__dict__["score_thresh"] = 0.0
-        yield
-    finally:
-        for m, value in saved:
-            m.__dict__["score_thresh"] = value
-
-
 class _Runner:
     """One model prepared for eval forwards on a fixed synthetic batch."""
 
-    def __init__(self, name: str, model: nn.Module, image_size: int, batch_size: int) -> None:
-        from surgery.synthetic import fit_transform, synthetic_batch
+    def __init__(self, name: str, model: nn.Module, anatomy: Anatomy, image_size: int, batch_size: int) -> None:
+        from surgery.synthetic import synthetic_batch
 
         self.name = name
         self.model = model
-        self.device = _device_of(model)
-        batch = synthetic_batch(model, batch_size=batch_size, image_size=image_size, device=self.device, seed=0)
+        self.anatomy = anatomy
+        self.device = device_of(model)
+        batch = synthetic_batch(model, batch_size=batch_size, image_size=image_size, device=self.device, seed=0, anatomy=anatomy)
         self.images = batch.images
-        if isinstance(self.images, list):
-            fit_transform(model, [(image_size, image_size)] * len(self.images))
+        anatomy.fit_inputs(model, [(image_size, image_size)] * batch_size)
         model.eval()
         self.error: str | None = None
 
     def forward(self) -> None:
         with torch.no_grad():
-            self.model(self.images)
+            self.anatomy.call(self.model, self.images, None, train=False)
 
     def attempt(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; a model whose forward raises is recorded and skipped from then on."""
@@ -334,20 +306,19 @@ class _Runner:
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - a user's model may raise anything; the diff reports it
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            self.error = f"{self.name} model: eval forward raised {type(e).__name__}: {first}"
+            self.error = f"{self.name} model: eval forward raised {type(e).__name__}: {first_line(str(e))}"
             return None
 
     def flops_and_memory(self) -> tuple[int, int]:
         """FLOPs and peak memory of one eval forward."""
         counter = FlopCounterMode(display=False)
         if self.device.type == "cuda":
-            _sync(self.device)
+            sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
             with counter:
                 self.forward()
-            _sync(self.device)
+            sync(self.device)
             return int(counter.get_total_flops()), int(torch.cuda.max_memory_allocated(self.device) - base)
         tracker = _PeakTensorMemory()
         with counter, tracker:
@@ -355,10 +326,10 @@ class _Runner:
         return int(counter.get_total_flops()), int(tracker.peak)
 
     def timed(self) -> float:
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         self.forward()
-        _sync(self.device)
+        sync(self.device)
         return time.perf_counter() - start
 
 
@@ -375,10 +346,12 @@ def _measure_costs(
             progress(done, total, what)
 
     with ExitStack() as stack:
-        for model in (before, after):
+        anatomies = [anatomy_for(before), anatomy_for(after)]
+        for model, anatomy in zip((before, after), anatomies, strict=True):
             stack.enter_context(preserved(model))
-            stack.enter_context(_all_detections(model))
-        runners = [_Runner("before", before, image_size, batch_size), _Runner("after", after, image_size, batch_size)]
+            stack.enter_context(anatomy.exercised(model))
+        runners = [_Runner("before", before, anatomies[0], image_size, batch_size),
+                   _Runner("after", after, anatomies[1], image_size, batch_size)]
         if progress is not None:
             progress(0, total, "FLOPs and memory")
         counted = []

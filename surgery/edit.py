@@ -38,18 +38,15 @@ from typing import Any, Literal, overload
 
 import torch
 from torch import nn
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
 from surgery import paths
 from surgery._classes import ClassChange, KeepSpec, resize_classes
 from surgery._errors import IncompatibleError, NotAModuleError, PathError
-from surgery.anatomy import anatomy_for
+from surgery._util import require_module
+from surgery.anatomy import Anatomy, anatomy_for
 from surgery.anatomy._backbone import backbone_features
-from surgery.anatomy._base import PROBE_BATCH, Context, Features, is_stock
-from surgery.anatomy.rcnn import _BRANCHES, pool_size
+from surgery.anatomy._base import PROBE_BATCH, AdaptRule, Context, Features, is_stock
+from surgery.anatomy._feed import pool_size
 from surgery.check import check as _run_check
 from surgery.findings import Finding, Report
 from surgery.signature import meta_like, meta_probe, output_signature
@@ -218,11 +215,6 @@ class EditResult(Adaptation):
 # --------------------------------------------------------------------------- helpers
 
 
-def _require_model(model: object, what: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(f"{what} takes an nn.Module, got {type(model).__module__}.{type(model).__qualname__}")
-
-
 def _slot_content(model: nn.Module, path: str) -> nn.Module | None:
     """The module at ``path``; None for an existing empty slot; PathError otherwise."""
     try:
@@ -278,46 +270,16 @@ def _move(new: nn.Module, place: tuple[torch.device, torch.dtype | None] | None,
 # --------------------------------------------------------------------------- adapt rules
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """An R-CNN branch: the head (producer) and the predictor (consumer) behind its RoI pooler."""
-
-    kind: str
-    pool: str
-    head: str
-    predictor: str
-
-
-def _rule_for(model: nn.Module, path: str) -> _Rule:
-    if isinstance(model, GeneralizedRCNN):
-        for kind, (pool, head, predictor) in _BRANCHES.items():
-            if path in (head, predictor):
-                return _Rule(kind, pool, head, predictor)
-    known = ", ".join(head for _, head, _ in _BRANCHES.values())
-    raise ValueError(
-        f"adapt rebuilds the predictor behind an R-CNN head ({known}, or the predictors themselves); "
-        f"{path!r} of {type(model).__name__} has no such rule. Rebuild its consumers yourself inside "
-        "`with surgery.edit(model) as e:` and the whole change is checked once at the end"
-    )
-
-
-def _consumers(model: nn.Module, path: str) -> list[str]:
-    """The slots fed by ``path`` that its check should cover (the predictor behind an R-CNN head)."""
-    if isinstance(model, GeneralizedRCNN):
-        return [predictor for _, head, predictor in _BRANCHES.values() if head == path]
-    return []
-
-
-def _produced_width(model: nn.Module, rule: _Rule) -> int | None:
+def _produced_width(model: nn.Module, rule: AdaptRule) -> int | None:
     """Channels/features the head emits: read statically for torch/torchvision modules, probed otherwise."""
-    head = paths.get(model, rule.head)
+    head = paths.get(model, rule.producer)
     static = output_signature(head)
     static_width = int(static.size) if static is not None and isinstance(static.size, int) else None
     if is_stock(head) and static_width is not None:
         return static_width
     feats = backbone_features(Context(model), "backbone")
     width = feats.common_channels() if isinstance(feats, Features) else None
-    size = pool_size(getattr(_slot_content(model, rule.pool), "output_size", None))
+    size = pool_size(getattr(_slot_content(model, rule.pool), "output_size", None)) if rule.pool else None
     if width is not None and size is not None:
         probe = meta_probe(head, meta_like((PROBE_BATCH, width, *size)))
         if probe.ok and isinstance(probe.output, torch.Tensor) and probe.output.dim() >= 2:
@@ -325,63 +287,24 @@ def _produced_width(model: nn.Module, rule: _Rule) -> int | None:
     return static_width
 
 
-def _child(module: nn.Module, name: str, kind: type[nn.Module]) -> Any:
-    child = module._modules.get(name)
-    return child if isinstance(child, kind) else None
-
-
-def _rebuild_predictor(predictor: nn.Module, width: int) -> tuple[nn.Module, str, str] | None:
-    """A torchvision predictor like ``predictor`` taking ``width`` inputs: (module, old text, new text)."""
-    kind = type(predictor)
-    if kind is FastRCNNPredictor and (cls_score := _child(predictor, "cls_score", nn.Linear)) is not None:
-        classes = int(cls_score.out_features)
-        return (FastRCNNPredictor(width, classes), f"FastRCNNPredictor({cls_score.in_features}, {classes})",
-                f"FastRCNNPredictor({width}, {classes})")
-    conv5 = _child(predictor, "conv5_mask", nn.ConvTranspose2d)
-    logits = _child(predictor, "mask_fcn_logits", nn.Conv2d)
-    if kind is MaskRCNNPredictor and conv5 is not None and logits is not None:
-        dim, classes = int(conv5.out_channels), int(logits.out_channels)
-        return (MaskRCNNPredictor(width, dim, classes), f"MaskRCNNPredictor({conv5.in_channels}, {dim}, {classes})",
-                f"MaskRCNNPredictor({width}, {dim}, {classes})")
-    if kind is KeypointRCNNPredictor and (scores := _child(predictor, "kps_score_lowres", nn.ConvTranspose2d)) is not None:
-        keypoints = int(scores.out_channels)
-        new = KeypointRCNNPredictor(width, keypoints)
-        new.up_scale = getattr(predictor, "up_scale", new.up_scale)
-        return (new, f"KeypointRCNNPredictor({scores.in_channels}, {keypoints})", f"KeypointRCNNPredictor({width}, {keypoints})")
-    return None
-
-
-def _consumed_width(predictor: nn.Module) -> int | None:
-    for layer in ("cls_score", "conv5_mask", "kps_score_lowres"):
-        module = predictor._modules.get(layer)
-        if isinstance(module, nn.Linear):
-            return int(module.in_features)
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-            return int(module.in_channels)
-    return None
-
-
-def _apply_rule(model: nn.Module, rule: _Rule) -> Adaptation:
+def _apply_rule(model: nn.Module, anatomy: Anatomy, rule: AdaptRule) -> Adaptation:
     result = Adaptation()
-    absent = [p for p in (rule.head, rule.predictor) if not paths.exists(model, p)]
+    absent = [p for p in (rule.producer, rule.consumer) if not paths.exists(model, p)]
     if absent:
         result.notes.append(f"{' and '.join(absent)} {'is' if len(absent) == 1 else 'are'} empty; nothing to adapt")
         return result
-    predictor = paths.get(model, rule.predictor)
+    predictor = paths.get(model, rule.consumer)
     width = _produced_width(model, rule)
     if width is None:
-        result.notes.append(f"could not read what {rule.head} ({type(paths.get(model, rule.head)).__name__}) produces; "
-                            f"{rule.predictor} left as it is")
+        result.notes.append(f"could not read what {rule.producer} ({type(paths.get(model, rule.producer)).__name__}) produces; "
+                            f"{rule.consumer} left as it is")
         return result
-    if _consumed_width(predictor) == width:
-        result.notes.append(f"{rule.predictor} already takes {width} from {rule.head}; nothing rebuilt")
+    if anatomy.consumed_width(predictor) == width:
+        result.notes.append(f"{rule.consumer} already takes {width} from {rule.producer}; nothing rebuilt")
         return result
-    built = _rebuild_predictor(predictor, width)
+    built = anatomy.rebuild_consumer(predictor, width)
     if built is None:
-        result.notes.append(
-            f"adapt rebuilds torchvision's FastRCNNPredictor, MaskRCNNPredictor and KeypointRCNNPredictor; "
-            f"{rule.predictor} is a {type(predictor).__name__}, so it was left as it is: rebuild it to take {width}"
-        )
+        result.notes.append(anatomy.rebuild_note(rule.consumer, predictor, width))
         return result
     new, old_text, new_text = built
     place = _place(predictor)
@@ -391,7 +314,7 @@ def _apply_rule(model: nn.Module, rule: _Rule) -> Adaptation:
     old_tensors: dict[str, torch.Tensor] = dict(itertools.chain(predictor.named_parameters(), predictor.named_buffers()))
     with torch.no_grad():
         for name, tensor in itertools.chain(new.named_parameters(), new.named_buffers()):
-            full = f"{rule.predictor}.{name}"
+            full = f"{rule.consumer}.{name}"
             old = old_tensors.get(name)
             if old is not None and old.shape == tensor.shape:
                 tensor.copy_(old)
@@ -400,8 +323,8 @@ def _apply_rule(model: nn.Module, rule: _Rule) -> Adaptation:
                 result.initialised.append(full)
             if isinstance(tensor, nn.Parameter) and isinstance(old, nn.Parameter):
                 tensor.requires_grad_(old.requires_grad)
-    paths.set(model, rule.predictor, new)
-    result.rebuilt[rule.predictor] = f"{old_text} → {new_text}"
+    paths.set(model, rule.consumer, new)
+    result.rebuilt[rule.consumer] = f"{old_text} → {new_text}"
     return result
 
 
@@ -430,8 +353,9 @@ class Transaction:
     """
 
     def __init__(self, model: nn.Module, *, check: bool = True, label: str = "surgery.edit()", scoped: bool = False) -> None:
-        _require_model(model, "edit()")
+        require_module(model, "edit()")
         self.model = model
+        self.anatomy = anatomy_for(model)
         self.report: Report | None = None
         self.notes: list[str] = []
         self._check = check
@@ -536,17 +460,17 @@ class Transaction:
                 f"the replacement for {path!r} must be a torch.nn.Module, got {type(new).__module__}.{type(new).__qualname__}"
             )
         old = _slot_content(self.model, path)
-        rule = _rule_for(self.model, path) if adapt else None
+        rule = self.anatomy.adapt_rule(self.model, path) if adapt else None
         result = EditResult(path=path, old=old, new=new)
         moved = _move(new, _slot_place(self.model, path, old), path)
         if moved:
             result.notes.append(moved)
         paths.set(self.model, path, new)
-        self._touch(path, *_consumers(self.model, path))
+        self._touch(path, *self.anatomy.consumers(self.model, path))
         if rule is not None:
-            adaptation = _apply_rule(self.model, rule)
+            adaptation = _apply_rule(self.model, self.anatomy, rule)
             self._merge(result, adaptation)
-            self._touch(rule.head, *adaptation.rebuilt)
+            self._touch(rule.producer, *adaptation.rebuilt)
         self._note(result.notes)
         return result
 
@@ -574,17 +498,17 @@ class Transaction:
     def adapt(self, path: str) -> Adaptation:
         """Rebuild the consumer of ``path`` to fit it; see :func:`surgery.adapt`."""
         self._require_open("adapt")
-        rule = _rule_for(self.model, path)
+        rule = self.anatomy.adapt_rule(self.model, path)
         paths.get(self.model, path)  # PathError for an empty or missing slot
-        result = _apply_rule(self.model, rule)
-        self._touch(rule.head, rule.predictor)
+        result = _apply_rule(self.model, self.anatomy, rule)
+        self._touch(rule.producer, rule.consumer)
         self._note(result.notes)
         return result
 
     def set_num_classes(self, num_classes: int, *, keep: KeepSpec | None = None) -> ClassChange:
         """Rebuild every class-dependent layer; see :func:`surgery.set_num_classes`."""
         self._require_open("set_num_classes")
-        change, slots = resize_classes(self.model, num_classes, keep)
+        change, slots = resize_classes(self.model, self.anatomy, num_classes, keep)
         self._touch(*slots)
         self._note(change.notes)
         return change
@@ -660,7 +584,7 @@ def replace(model: nn.Module, path: str, new: nn.Module, *, check: bool = True, 
         ValueError: ``adapt`` is True but the slot has no adapt rule; nothing changed.
         IncompatibleError: The swap introduced an error-severity finding; the model is back as it was.
     """
-    _require_model(model, "replace()")
+    require_module(model, "replace()")
     tx = Transaction(model, check=check, label=f"replace({path!r}, {type(new).__name__})", scoped=True)
     with tx:
         result = tx._replace(path, new, adapt)
@@ -693,7 +617,7 @@ def adapt(model: nn.Module, path: str, *, check: bool = True) -> Adaptation:
         PathError: ``path`` does not exist or is empty.
         IncompatibleError: The result still has a new error; the model is back as it was.
     """
-    _require_model(model, "adapt()")
+    require_module(model, "adapt()")
     tx = Transaction(model, check=check, label=f"adapt({path!r})", scoped=True)
     with tx:
         result = tx.adapt(path)
@@ -730,7 +654,7 @@ def set_num_classes(model: nn.Module, num_classes: int, *, keep: KeepSpec | None
             layout is unknown; nothing changed.
         IncompatibleError: The result has a new error; the model is back as it was.
     """
-    _require_model(model, "set_num_classes()")
+    require_module(model, "set_num_classes()")
     tx = Transaction(model, check=check, label=f"set_num_classes({num_classes!r})", scoped=True)
     with tx:
         change = tx.set_num_classes(num_classes, keep=keep)
@@ -812,7 +736,7 @@ def freeze(model: nn.Module, *patterns: str) -> list[str]:
         PathError: A pattern matches nothing (with suggestions); nothing changed.
         ValueError: No pattern was given.
     """
-    _require_model(model, "freeze()")
+    require_module(model, "freeze()")
     return _set_flags(_select(model, patterns, "freeze"), False)
 
 
@@ -826,21 +750,11 @@ def unfreeze(model: nn.Module, *patterns: str) -> list[str]:
         PathError: A pattern matches nothing (with suggestions); nothing changed.
         ValueError: No pattern was given.
     """
-    _require_model(model, "unfreeze()")
+    require_module(model, "unfreeze()")
     return _set_flags(_select(model, patterns, "unfreeze"), True)
 
 
 _RESNET_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
-
-
-def _backbone_body(model: nn.Module) -> tuple[str, nn.Module]:
-    for path in ("backbone.body", "body"):
-        if paths.exists(model, path):
-            return path, paths.get(model, path)
-    raise ValueError(
-        f"freeze_backbone_layers() works on models with a 'backbone.body' (torchvision's BackboneWithFPN); "
-        f"{type(model).__name__} has none"
-    )
 
 
 def _trainable_names(body: nn.Module, body_path: str, trainable_layers: int) -> dict[str, bool]:
@@ -892,8 +806,8 @@ def freeze_backbone_layers(model: nn.Module, trainable_layers: int) -> list[str]
         TypeError: ``trainable_layers`` is not an int.
         ValueError: It is out of range, or the backbone body is neither ResNet nor MobileNet.
     """
-    _require_model(model, "freeze_backbone_layers()")
-    body_path, body = _backbone_body(model)
+    require_module(model, "freeze_backbone_layers()")
+    body_path, body = anatomy_for(model).backbone_body(model)
     plan = _trainable_names(body, body_path, trainable_layers)
     changed = []
     for name, p in body.named_parameters():
@@ -979,7 +893,7 @@ def trainable_summary(model: nn.Module) -> TrainableSummary:
     Returns:
         A printable :class:`TrainableSummary` with ``to_dict()``.
     """
-    _require_model(model, "trainable_summary()")
+    require_module(model, "trainable_summary()")
     slots = [s.path for s in anatomy_for(model).slots(model)]
     counts: dict[str, list[int]] = {}
     for name, p in model.named_parameters():

@@ -10,7 +10,7 @@ from torch import nn
 
 from surgery import paths
 from surgery._errors import NotAModuleError
-from surgery.anatomy import anatomy_for
+from surgery.anatomy import Anatomy, anatomy_for
 from surgery.signature import Signature
 
 __all__ = ["Component", "Overview", "components", "inspect", "count_params", "human"]
@@ -212,11 +212,11 @@ def inspect(model: nn.Module, input_size: tuple[int, ...] | None = None, depth: 
     if input_size is not None:
         if not (isinstance(input_size, (tuple, list)) and input_size and all(isinstance(s, int) and s > 0 for s in input_size)):
             raise ValueError(f"input_size must be a tuple of positive ints such as (3, 320, 320), got {input_size!r}")
-        table = _layer_table(model, tuple(input_size), depth, anatomy.name)
+        table = _layer_table(model, tuple(input_size), depth, anatomy)
     return Overview(type(model).__name__, anatomy.name, components(model), _tree(model, depth), total, trainable, table, depth)
 
 
-def _layer_table(model: nn.Module, input_size: tuple[int, ...], depth: int, family: str) -> str:
+def _layer_table(model: nn.Module, input_size: tuple[int, ...], depth: int, anatomy: Anatomy) -> str:
     import torchinfo
 
     from surgery._state import preserved
@@ -226,7 +226,7 @@ def _layer_table(model: nn.Module, input_size: tuple[int, ...], depth: int, fami
     except StopIteration:
         device = torch.device("cpu")
     with preserved(model):
-        if family != "generic":
+        if anatomy.takes_targets:  # a list of images, through a resizing transform
             side = input_size[-2:]
             model.eval()
             transform: Any = model._modules.get("transform")

@@ -33,7 +33,7 @@ from torch import nn
 
 from surgery import paths as _paths
 from surgery._errors import NotAModuleError, RenderError
-from surgery.anatomy import anatomy_for
+from surgery.anatomy import Anatomy, anatomy_for
 from surgery.findings import Finding
 from surgery.overview import Component, components, count_params, human
 
@@ -619,28 +619,19 @@ def _reachable(edges: Sequence[tuple[str, str]], src: str, dst: str) -> bool:
 # --------------------------------------------------------------------------- component level
 
 
-_BOX_SOURCES = ("rpn.", "roi_heads.")
-
-
 def _is_pooler(module: nn.Module | None) -> bool:
     return module is not None and hasattr(module, "featmap_names") and hasattr(module, "output_size")
 
 
-def _is_anchor_generator(module: nn.Module | None) -> bool:
-    return module is not None and (
-        hasattr(module, "num_anchors_per_location") or type(module).__name__ in ("AnchorGenerator", "DefaultBoxGenerator")
-    )
-
-
-def _static_label(model: nn.Module, comps: dict[str, Component], src: str, dst: str, flow: Sequence[tuple[str, str]]) -> str:
+def _static_label(
+    model: nn.Module, anatomy: Anatomy, comps: dict[str, Component], src: str, dst: str, flow: Sequence[tuple[str, str]]
+) -> str:
     """What flows along a static edge: channels from the producer's output signature, or
-    what kind of thing flows when it is not a feature map."""
+    what kind of thing flows when it is not a feature map (the anatomy says)."""
     producer = _get(model, src)
-    consumer = _get(model, dst)
-    if _is_anchor_generator(producer):
-        return "anchors"
-    if _is_pooler(consumer) and src.startswith(_BOX_SOURCES):
-        return "proposals" if src.startswith("rpn.") else "detections"
+    kind = anatomy.flow_label(model, src, dst)
+    if kind is not None:
+        return kind
     if _is_pooler(producer):
         assert producer is not None
         # the feature maps it pools, not the proposals/detections or anchors that also flow in
@@ -648,7 +639,7 @@ def _static_label(model: nn.Module, comps: dict[str, Component], src: str, dst: 
             comps[a].out_sig
             for a, b in flow
             if b == src and a in comps and comps[a].out_sig is not None
-            and not a.startswith(_BOX_SOURCES) and not _is_anchor_generator(_get(model, a))
+            and anatomy.carries_features(model, a)
         ]
         channels = [sig.size for sig in feeding if sig is not None and sig.kind == "channels" and isinstance(sig.size, int)]
         size = producer.output_size if isinstance(producer.output_size, (tuple, list)) else (producer.output_size,) * 2
@@ -719,11 +710,6 @@ def _slot_node(path: str, comp: Component, *, status: Status | None, old: Compon
     )
 
 
-def _cluster_of(path: str) -> str | None:
-    head, _, rest = path.partition(".")
-    return head if rest else None
-
-
 def _component_graph(model: nn.Module, before: nn.Module | None, observed: Trace | None, findings: Sequence[Finding]) -> Graph:
     anatomy = anatomy_for(model)
     comps = {c.path: c for c in components(model)}
@@ -734,7 +720,7 @@ def _component_graph(model: nn.Module, before: nn.Module | None, observed: Trace
     # Clusters: the first segment of dotted slot paths (backbone, rpn, roi_heads, head).
     cluster_ids: dict[str, Cluster] = {}
     for path in order:
-        parent = _cluster_of(path)
+        parent = anatomy.cluster_of(path)
         if parent is not None and parent not in cluster_ids:
             module = _get(model, parent) or (_get(before, parent) if before is not None else None)
             type_name = type(module).__name__ if module is not None else "?"
@@ -746,7 +732,7 @@ def _component_graph(model: nn.Module, before: nn.Module | None, observed: Trace
 
     nodes: list[Node] = []
     for path in order:
-        parent = _cluster_of(path)
+        parent = anatomy.cluster_of(path)
         cid = cluster_ids[parent].id if parent is not None else None
         if before is None:
             nodes.append(_slot_node(path, comps[path], status=None, old=None, cluster=cid))
@@ -770,7 +756,7 @@ def _component_graph(model: nn.Module, before: nn.Module | None, observed: Trace
         flow = list(pairwise(comps))
     edges: list[Edge] = []
     for src, dst in flow:
-        label = _static_label(model, comps, src, dst, flow)
+        label = _static_label(model, anatomy, comps, src, dst, flow)
         shapes = traced.get((src, dst))
         detail = ""
         if shapes:
@@ -781,10 +767,11 @@ def _component_graph(model: nn.Module, before: nn.Module | None, observed: Trace
             status_e = "added"
         edges.append(Edge(src, dst, label, status=status_e, detail=detail))
     if before is not None:
-        old_flow = anatomy_for(before).flow(before)
+        old_anatomy = anatomy_for(before)
+        old_flow = old_anatomy.flow(before)
         for src, dst in old_flow:
             if (src, dst) not in flow:
-                edges.append(Edge(src, dst, _static_label(before, old_comps, src, dst, old_flow), status="removed"))
+                edges.append(Edge(src, dst, _static_label(before, old_anatomy, old_comps, src, dst, old_flow), status="removed"))
 
     nodes, edges = _apply_findings(nodes, edges, findings, model, flow)
     legend = _legend(before is not None, edges, nodes)
@@ -985,7 +972,7 @@ def _module_graph(model: nn.Module, before: nn.Module | None, depth: int | None,
                 for a, b in pairwise(kids):
                     connect(a, b)
         anatomy = anatomy_for(model)
-        if anatomy.name != "generic":
+        if anatomy.knows_model:
             for a, b in anatomy.flow(model):
                 connect(a, b)
         # Without data flow, siblings would spread sideways: stack them in registration order.

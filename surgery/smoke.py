@@ -23,7 +23,7 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,15 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from surgery import paths as _paths
-from surgery._errors import NotAModuleError, SmokeTestError
+from surgery._errors import SmokeTestError
 from surgery._state import preserved
-from surgery.anatomy import anatomy_for
+from surgery._util import ModuleStack, check_int, first_lines, fmt_bytes, require_module, sync, tensors_in
+from surgery.anatomy import Anatomy, anatomy_for
 from surgery.findings import Finding, Report
-from surgery.synthetic import DETECTION_FAMILIES, fit_transform, num_classes_of, synthetic_batch
+from surgery.synthetic import synthetic_batch
 from surgery.trace import unused_parameter_findings
 
 __all__ = [
-    "LOSS_KEYS",
     "Phase",
     "SmokeResult",
     "resolve_amp",
@@ -48,47 +48,11 @@ __all__ = [
     "smoke_test",
 ]
 
-#: Loss keys every family's train step must return (R-CNN adds ``loss_mask`` / ``loss_keypoint``
-#: when the model has those branches).
-LOSS_KEYS: dict[str, tuple[str, ...]] = {
-    "R-CNN": ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
-    "RetinaNet": ("classification", "bbox_regression"),
-    "FCOS": ("classification", "bbox_regression", "bbox_ctrness"),
-    "SSD": ("bbox_regression", "classification"),
-}
-
-#: The slot that produces each loss, used to name the module behind a non-finite loss.
-_LOSS_SLOTS: dict[str, dict[str, str]] = {
-    "R-CNN": {
-        "loss_classifier": "roi_heads.box_predictor",
-        "loss_box_reg": "roi_heads.box_predictor",
-        "loss_objectness": "rpn.head",
-        "loss_rpn_box_reg": "rpn.head",
-        "loss_mask": "roi_heads.mask_predictor",
-        "loss_keypoint": "roi_heads.keypoint_predictor",
-    },
-    "RetinaNet": {"classification": "head.classification_head", "bbox_regression": "head.regression_head"},
-    "FCOS": {
-        "classification": "head.classification_head",
-        "bbox_regression": "head.regression_head",
-        "bbox_ctrness": "head.regression_head",
-    },
-    "SSD": {"classification": "head.classification_head", "bbox_regression": "head.regression_head"},
-}
-
-#: Slot whose outputs decide the labels (for out-of-range labels) and the boxes, per family.
-_CLASS_SLOT = {"R-CNN": "roi_heads.box_predictor", "RetinaNet": "head.classification_head",
-               "FCOS": "head.classification_head", "SSD": "head.classification_head"}
-_BOX_SLOT = {"R-CNN": "roi_heads.box_predictor", "RetinaNet": "head.regression_head",
-             "FCOS": "head.regression_head", "SSD": "head.regression_head"}
-
 _AMP_NAMES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
 }
 #: Learning rate of the SGD step between train steps (undone afterwards).
 _LR = 1e-3
-#: Slack, in pixels, allowed when checking that boxes lie inside the image (rescaling rounds).
-_BOX_SLACK = 1e-2
 
 #: What ``peak_memory`` means on each kind of device.
 MEMORY_SOURCES = {
@@ -131,7 +95,7 @@ class Phase:
         }
 
     def __str__(self) -> str:
-        mem = _fmt_bytes(self.peak_memory) if self.peak_memory is not None else "-"
+        mem = fmt_bytes(self.peak_memory) if self.peak_memory is not None else "-"
         ips = f"{self.images_per_s:.2f} img/s" if self.images_per_s is not None else "-"
         return f"{self.name:<6} {self.status:<7} {self.seconds:8.2f} s  {mem:>10}  {ips:>12}  {self.note}".rstrip()
 
@@ -258,16 +222,6 @@ def _fmt_loss(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
-def _fmt_bytes(n: int) -> str:
-    sign = "-" if n < 0 else ""
-    value = float(abs(n))
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.2f} {unit}"
-        value /= 1024
-    return f"{n} B"  # unreachable
-
-
 # --------------------------------------------------------------------------- arguments
 
 
@@ -344,18 +298,7 @@ def resolve_amp(amp: bool | str | torch.dtype | None, device: torch.device) -> t
     return dtype
 
 
-def _positive_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 # --------------------------------------------------------------------------- measuring
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rss_peak_bytes() -> int:
@@ -373,7 +316,7 @@ class _Meter:
 
     @contextmanager
     def measure(self) -> Iterator[_Meter]:
-        _sync(self.device)
+        sync(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -383,7 +326,7 @@ class _Meter:
             yield self
         finally:
             with suppress(RuntimeError):  # a failed kernel re-raises at sync; the phase already recorded the error
-                _sync(self.device)
+                sync(self.device)
             self.seconds = time.perf_counter() - start
             if self.device.type == "cuda":
                 self.peak = int(torch.cuda.max_memory_allocated(self.device))
@@ -392,66 +335,6 @@ class _Meter:
 
 
 # --------------------------------------------------------------------------- where did it fail
-
-
-class _Where:
-    """Forward hooks that keep the stack of modules being run, to name where a forward raised."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.names = {id(m): name for name, m in model.named_modules()}
-        self.model = model
-        self.stack: list[nn.Module] = []
-        self.handles: list[Any] = []
-        self.nonfinite: str | None = None
-        self.watch_finite = False
-
-    def __enter__(self) -> _Where:
-        self.stack.clear()
-        for m in self.model.modules():
-            if isinstance(m, torch.jit.ScriptModule):
-                continue
-            self.handles.append(m.register_forward_pre_hook(self._push))
-            self.handles.append(m.register_forward_hook(self._pop))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
-    def _push(self, module: nn.Module, args: Any) -> None:
-        self.stack.append(module)
-
-    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
-        while self.stack:
-            if self.stack.pop() is module:
-                break
-        if self.watch_finite and self.nonfinite is None and not _all_finite(output):
-            self.nonfinite = self.path(module)
-
-    def path(self, module: nn.Module) -> str:
-        return self.names.get(id(module), "")
-
-    def innermost(self) -> str | None:
-        """Dotted path of the innermost module still running (None when it raised outside modules)."""
-        return self.path(self.stack[-1]) if self.stack else None
-
-
-def _tensors(value: Any, depth: int = 0) -> Iterator[Tensor]:
-    if isinstance(value, Tensor):
-        yield value
-    elif depth < 6 and isinstance(value, Mapping):
-        for v in value.values():
-            yield from _tensors(v, depth + 1)
-    elif depth < 6 and isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _tensors(v, depth + 1)
-    elif depth < 6 and hasattr(value, "tensors") and isinstance(value.tensors, Tensor):  # ImageList
-        yield value.tensors
-
-
-def _all_finite(value: Any) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in _tensors(value) if t.is_floating_point() and t.numel())
 
 
 def _describe_module(model: nn.Module, path: str | None) -> str:
@@ -474,45 +357,12 @@ def _raised_finding_text(model: nn.Module, where: str | None, phase: str, error_
     located = _describe_module(model, where)
     if oom:
         return Finding("error", "shape-error", (where,) if where else (),
-                       f"{phase} ran out of memory in {located}: {_first_lines(error)}", "lower batch_size or image_size, or use amp=True")
-    return Finding("error", "shape-error", (where,) if where else (), f"{phase} raised {error_type} in {located}: {_first_lines(error)}", None)
-
-
-def _first_lines(text: str, limit: int = 600) -> str:
-    text = " ".join(line.strip() for line in text.strip().splitlines()[:6] if line.strip())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# --------------------------------------------------------------------------- unused parameters
-
-
-# --------------------------------------------------------------------------- family expectations
-
-
-def _branch(model: nn.Module, name: str) -> bool:
-    roi_heads = getattr(model, "roi_heads", None)
-    fn = getattr(roi_heads, name, None)
-    return bool(fn()) if callable(fn) else False
-
-
-def expected_losses(model: nn.Module, family: str) -> tuple[str, ...]:
-    """The loss keys a train step of ``model`` must return (empty for an unknown family)."""
-    keys = LOSS_KEYS.get(family, ())
-    if family == "R-CNN":
-        keys = keys + (("loss_mask",) if _branch(model, "has_mask") else ()) + (("loss_keypoint",) if _branch(model, "has_keypoint") else ())
-    return keys
+                       f"{phase} ran out of memory in {located}: {first_lines(error)}", "lower batch_size or image_size, or use amp=True")
+    return Finding("error", "shape-error", (where,) if where else (), f"{phase} raised {error_type} in {located}: {first_lines(error)}", None)
 
 
 def _slot(model: nn.Module, path: str | None) -> tuple[str, ...]:
     return (path,) if path and _paths.exists(model, path) else ()
-
-
-def _num_keypoints(model: nn.Module) -> int | None:
-    predictor = getattr(getattr(model, "roi_heads", None), "keypoint_predictor", None)
-    for value in (getattr(predictor, "out_channels", None), getattr(getattr(predictor, "kps_score_lowres", None), "out_channels", None)):
-        if isinstance(value, int):
-            return value
-    return None
 
 
 # --------------------------------------------------------------------------- the phases
@@ -523,7 +373,7 @@ class _Run:
     """State shared by the phases of one smoke test."""
 
     model: nn.Module
-    family: str
+    anatomy: Anatomy
     device: torch.device
     amp: torch.dtype | None
     batch_size: int
@@ -555,8 +405,8 @@ def _train(run: _Run, images: Any, targets: Any) -> None:
     model = run.model
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.SGD([p for _, p in trainable], lr=_LR) if trainable else None
-    expected = expected_losses(model, run.family)
-    detection = run.family in DETECTION_FAMILIES
+    anatomy = run.anatomy
+    expected = anatomy.loss_keys(model)
     unused: set[str] = set()
     bad_grads: dict[str, str] = {}
     nonfinite_loss = False
@@ -565,21 +415,21 @@ def _train(run: _Run, images: Any, targets: Any) -> None:
         for p in model.parameters():
             p.grad = None
         label = f"train step {step + 1}{run.amp_note}"
-        where = _Where(model)
+        where = ModuleStack(model)
         try:
             with where, run.autocast():
-                output = model(images, targets) if detection else model(images)
+                output = anatomy.call(model, images, targets, train=True)
         except Exception as e:  # noqa: BLE001 - a user model may raise anything; it becomes a finding
             run.add([_raised_finding(model, where.innermost(), f"the forward pass of {label}", e)])
             return
-        losses = _loss_dict(run, output, label)
+        losses = _loss_dict(run, output, targets, label)
         if losses is None:
             return
         if step == 0:
             run.losses = {k: float(v.detach().float()) for k, v in losses.items()}
         missing = [k for k in expected if k not in losses]
         if missing:
-            message = f"{label} returned the losses {sorted(losses)}; the {run.family} family also needs {missing}"
+            message = f"{label} returned the losses {sorted(losses)}; the {anatomy.name} family also needs {missing}"
             run.add([Finding("error", "shape-error", (), message, "make the head's forward return every loss of the family in training mode")])
         bad = {k: float(v.detach().float()) for k, v in losses.items() if not bool(torch.isfinite(v.detach()).all())}
         if bad:
@@ -595,7 +445,7 @@ def _train(run: _Run, images: Any, targets: Any) -> None:
         try:
             total.backward()
         except Exception as e:  # noqa: BLE001 - autograd errors of user code become findings
-            run.add([Finding("error", "shape-error", (), f"backward of {label} raised {type(e).__name__}: {_first_lines(str(e))}", None)])
+            run.add([Finding("error", "shape-error", (), f"backward of {label} raised {type(e).__name__}: {first_lines(str(e))}", None)])
             return
         unused.update(name for name, p in trainable if p.grad is None)
         reached = [(name, p.grad) for name, p in trainable if p.grad is not None]
@@ -618,17 +468,15 @@ def _train(run: _Run, images: Any, targets: Any) -> None:
                              "look for log, sqrt or division of values that can be 0 in this module")])
 
 
-def _loss_dict(run: _Run, output: Any, label: str) -> dict[str, Tensor] | None:
-    if run.family in DETECTION_FAMILIES:
-        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], Mapping):  # scripted models return (losses, detections)
-            output = output[0]
-        if not isinstance(output, Mapping) or not all(isinstance(v, Tensor) for v in output.values()):
-            message = (f"{label} returned {type(output).__name__}, not a dict of loss tensors; "
-                       "a detection model in train mode must return {loss_name: tensor}")
-            run.add([Finding("error", "shape-error", (), message, None)])
-            return None
-        return {str(k): v for k, v in output.items()}
-    tensors = [t for t in _tensors(output) if t.is_floating_point()]
+def _loss_dict(run: _Run, output: Any, targets: Any, label: str) -> dict[str, Tensor] | None:
+    """The family's losses of a train-mode output; without any, the sum of the means of its float tensors."""
+    losses = run.anatomy.train_losses(run.model, output, targets)
+    if isinstance(losses, str):
+        run.add([Finding("error", "shape-error", (), f"{label} {losses}", None)])
+        return None
+    if losses is not None:
+        return losses
+    tensors = [t for t in tensors_in(output) if t.is_floating_point()]
     if not tensors:
         message = f"{label} returned {type(output).__name__} with no floating-point tensor to backpropagate from"
         run.add([Finding("error", "shape-error", (), message, None)])
@@ -639,15 +487,15 @@ def _loss_dict(run: _Run, output: Any, label: str) -> dict[str, Tensor] | None:
 def _nonfinite_loss_findings(run: _Run, images: Any, targets: Any, bad: dict[str, float], label: str) -> list[Finding]:
     """Name the losses, and the first module whose output was not finite (one more forward, no grad)."""
     first: str | None = None
-    where = _Where(run.model)
+    where = ModuleStack(run.model)
     where.watch_finite = True
     try:
         with torch.no_grad(), where, run.autocast():
-            run.model(images, targets) if run.family in DETECTION_FAMILIES else run.model(images)
+            run.anatomy.call(run.model, images, targets, train=True)
         first = where.nonfinite
     except Exception:  # noqa: BLE001 - the diagnosis is best effort; the loss finding stands anyway
         first = where.nonfinite
-    slots = _LOSS_SLOTS.get(run.family, {})
+    slots = run.anatomy.loss_slots(run.model)
     out = []
     for name, value in bad.items():
         paths = tuple(dict.fromkeys(p for p in (first, slots.get(name)) if p and _paths.exists(run.model, p)))
@@ -662,101 +510,15 @@ def _eval(run: _Run, images: Any) -> None:
     """Run one eval pass, adding findings to ``run``."""
     model = run.model
     model.eval()
-    where = _Where(model)
+    where = ModuleStack(model)
     label = f"the eval pass{run.amp_note}"
     try:
         with torch.no_grad(), where, run.autocast():
-            output = model(images)
+            output = run.anatomy.call(model, images, None, train=False)
     except Exception as e:  # noqa: BLE001 - a user model may raise anything; it becomes a finding
         run.add([_raised_finding(model, where.innermost(), label, e)])
         return
-    if run.family in DETECTION_FAMILIES:
-        run.add(_check_detections(run, output, [tuple(img.shape[-2:]) for img in images], label))
-    elif not _all_finite(output):
-        run.add([Finding("error", "non-finite", (), f"{label} returned NaN/Inf values", None)])
-
-
-def _check_detections(run: _Run, output: Any, sizes: list[tuple[int, ...]], label: str) -> list[Finding]:
-    model, family = run.model, run.family
-    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], list):  # scripted: (losses, detections)
-        output = output[1]
-    if not isinstance(output, list) or len(output) != len(sizes) or not all(isinstance(o, Mapping) for o in output):
-        got = f"a list of {len(output)}" if isinstance(output, list) else type(output).__name__
-        return [Finding("error", "shape-error", (), f"{label} returned {got}; expected a list of {len(sizes)} dicts, one per image", None)]
-    keys = ["boxes", "labels", "scores"]
-    if family == "R-CNN" and _branch(model, "has_mask"):
-        keys.append("masks")
-    if family == "R-CNN" and _branch(model, "has_keypoint"):
-        keys += ["keypoints", "keypoints_scores"]
-    classes = num_classes_of(model, family)
-    keypoints = _num_keypoints(model)
-    box_slot, class_slot = _slot(model, _BOX_SLOT.get(family)), _slot(model, _CLASS_SLOT.get(family))
-    mask_slot, kp_slot = _slot(model, "roi_heads.mask_predictor"), _slot(model, "roi_heads.keypoint_predictor")
-    found: list[Finding] = []
-
-    def shape_error(paths: tuple[str, ...], message: str) -> None:
-        found.append(Finding("error", "shape-error", paths, f"{label}: {message}", None))
-
-    for i, (det, (h, w)) in enumerate(zip(output, sizes, strict=True)):
-        missing = [k for k in keys if k not in det]
-        if missing:
-            shape_error((), f"image {i}'s result has keys {sorted(det)}; the {family} family also needs {missing}")
-            continue
-        not_tensors = [k for k in keys if not isinstance(det[k], Tensor)]
-        if not_tensors:
-            shape_error((), f"image {i}: {', '.join(f'{k} is a {type(det[k]).__name__}' for k in not_tensors)}, not a tensor")
-            continue
-        boxes, labels, scores = det["boxes"], det["labels"], det["scores"]
-        n = boxes.shape[0] if boxes.dim() >= 1 else -1
-        if not boxes.is_floating_point() or tuple(boxes.shape) != (n, 4):
-            shape_error(box_slot, f"image {i}: boxes are {_tdesc(boxes)}; expected a float N×4 tensor")
-            continue
-        if labels.dtype != torch.int64 or tuple(labels.shape) != (n,):
-            shape_error(class_slot, f"image {i}: labels are {_tdesc(labels)}; expected int64 of shape ({n},), one per box")
-        if not scores.is_floating_point() or tuple(scores.shape) != (n,):
-            shape_error(class_slot, f"image {i}: scores are {_tdesc(scores)}; expected float of shape ({n},), one per box")
-        for key, slot in (("boxes", box_slot), ("scores", class_slot)):
-            t = det[key]
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                found.append(Finding("error", "non-finite", slot, f"{label}: image {i}'s {key} contain NaN/Inf", None))
-        if n > 0 and labels.dtype == torch.int64 and classes is not None:
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or high >= classes:
-                found.append(Finding("error", "num-classes-mismatch", class_slot,
-                                     f"{label}: image {i} has labels in [{low}, {high}], but the model has num_classes={classes} "
-                                     f"(read from {class_slot[0] if class_slot else 'its predictor'}), so labels must lie in [0, {classes})",
-                                     "make the classifier's output width match the num_classes it declares"))
-        if n > 0 and bool(torch.isfinite(boxes).all()):
-            b = boxes.detach().float()
-            slack = _BOX_SLACK * max(h, w)
-            outside = ((b[:, 0] < -slack) | (b[:, 1] < -slack) | (b[:, 2] > w + slack) | (b[:, 3] > h + slack)
-                       | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))
-            if bool(outside.any()):
-                k = int(outside.nonzero()[0, 0])
-                shape_error(box_slot, f"image {i}: {int(outside.sum())} of {n} boxes are not inside the {w}×{h} image or have x2<x1/y2<y1, "
-                                      f"e.g. {[round(v, 1) for v in b[k].tolist()]}")
-        if "masks" in keys:
-            masks = det["masks"]
-            if not masks.is_floating_point() or tuple(masks.shape) != (n, 1, h, w):
-                shape_error(mask_slot, f"image {i}: masks are {_tdesc(masks)}; expected float of shape ({n}, 1, {h}, {w})")
-            elif not bool(torch.isfinite(masks).all()):
-                found.append(Finding("error", "non-finite", mask_slot, f"{label}: image {i}'s masks contain NaN/Inf", None))
-        if "keypoints" in keys:
-            kps, kps_scores = det["keypoints"], det["keypoints_scores"]
-            k_ = keypoints if keypoints is not None else (kps.shape[1] if kps.dim() == 3 else -1)
-            if not kps.is_floating_point() or tuple(kps.shape) != (n, k_, 3):
-                shape_error(kp_slot, f"image {i}: keypoints are {_tdesc(kps)}; expected float of shape ({n}, {k_}, 3)")
-            elif not bool(torch.isfinite(kps).all()):
-                found.append(Finding("error", "non-finite", kp_slot, f"{label}: image {i}'s keypoints contain NaN/Inf", None))
-            if tuple(kps_scores.shape) != (n, k_):
-                shape_error(kp_slot, f"image {i}: keypoints_scores are {_tdesc(kps_scores)}; expected shape ({n}, {k_})")
-    return found
-
-
-def _tdesc(t: object) -> str:
-    if isinstance(t, Tensor):
-        return f"{str(t.dtype).removeprefix('torch.')} of shape {tuple(t.shape)}"
-    return type(t).__name__
+    run.add(run.anatomy.check_eval_output(model, output, images, label))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -805,21 +567,21 @@ def smoke_test(
             not start, crashed or ran past ``ddp_timeout``.
         ValueError: An argument is out of range.
     """
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(f"smoke_test() takes an nn.Module, got {type(model).__name__}")
-    _positive_int("batch_size", batch_size, 1)
-    _positive_int("image_size", image_size, 32)
-    _positive_int("steps", steps, 1)
+    require_module(model, "smoke_test()")
+    check_int("batch_size", batch_size, 1)
+    check_int("image_size", image_size, 32)
+    check_int("steps", steps, 1)
     if isinstance(ddp, bool) or not isinstance(ddp, int) or ddp < 0 or ddp == 1:
         raise ValueError(f"ddp must be 0 (no DDP phase) or a world size >= 2, got {ddp!r}")
     if not isinstance(ddp_timeout, (int, float)) or ddp_timeout <= 0:
         raise ValueError(f"ddp_timeout must be a positive number of seconds, got {ddp_timeout!r}")
     dev, device_note = resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)
-    family = anatomy_for(model).name
+    anatomy = anatomy_for(model)
+    family = anatomy.name
     say = progress or (lambda line: None)
     report = Report(model=type(model).__name__)
-    run = _Run(model, family, dev, amp_dtype, batch_size, image_size, steps, report)
+    run = _Run(model, anatomy, dev, amp_dtype, batch_size, image_size, steps, report)
     phases: list[Phase] = []
     amp_name = str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None
     say(f"surgery smoke: {type(model).__name__} ({family}) on {dev} [{device_note}], batch {batch_size} × {image_size}×{image_size}, "
@@ -859,9 +621,8 @@ def smoke_test(
         try:
             if moved:
                 model.to(dev)
-            images, targets = synthetic_batch(model, batch_size, image_size, device=dev, seed=0)
-            if family in DETECTION_FAMILIES:
-                fit_transform(model, [(image_size, image_size)] * batch_size)
+            images, targets = synthetic_batch(model, batch_size, image_size, device=dev, seed=0, anatomy=anatomy)
+            anatomy.fit_inputs(model, [(image_size, image_size)] * batch_size)
             with meter_train.measure():
                 _train(run, images, targets)
             finish(Phase("train", "", meter_train.seconds, meter_train.peak, batch_size * steps / max(meter_train.seconds, 1e-9),

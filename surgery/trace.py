@@ -29,9 +29,10 @@ from torchvision.models.detection.image_list import ImageList
 
 from surgery._errors import IncompatibleError, NotAModuleError
 from surgery._state import preserved
-from surgery.anatomy import anatomy_for
+from surgery._util import device_of, first_line
+from surgery.anatomy import Anatomy, anatomy_for
 from surgery.findings import Finding, Severity
-from surgery.synthetic import DETECTION_FAMILIES, SyntheticBatch, _device_of, fit_transform, synthetic_batch, synthetic_targets
+from surgery.synthetic import synthetic_batch
 
 __all__ = ["TensorInfo", "Trace", "TraceCall", "TraceEdge", "trace", "trace_findings", "unused_parameter_findings", "MODES"]
 
@@ -508,51 +509,13 @@ def _check_mode(train: bool, mode: str | None) -> tuple[str, ...]:
     return ("eval", "train") if mode == "both" else (mode,)
 
 
-def _split_inputs(inputs: Any, family: str) -> tuple[Any, list[dict[str, Tensor]] | None]:
-    """(images, targets) of a detection model's input, or (args, None) for any other model."""
-    if family not in DETECTION_FAMILIES:
-        return (inputs.images if isinstance(inputs, SyntheticBatch) else inputs), None
-    if isinstance(inputs, SyntheticBatch):
-        return list(inputs.images) if isinstance(inputs.images, (list, tuple)) else inputs.images, inputs.targets
-    if (
-        isinstance(inputs, tuple)
-        and len(inputs) == 2
-        and not isinstance(inputs[0], Tensor)
-        and (inputs[1] is None or isinstance(inputs[1], list))
-    ):
-        images, targets = inputs
-    else:
-        images, targets = inputs, None
-    if isinstance(images, Tensor):
-        if images.dim() == 3:
-            images = [images]
-        elif images.dim() == 4:
-            images = list(images.unbind(0))
-        else:
-            raise ValueError(f"detection images must be a 3×H×W or N×3×H×W tensor or a list of 3×H×W tensors, got shape {tuple(images.shape)}")
-    if not (isinstance(images, (list, tuple)) and images and all(isinstance(i, Tensor) and i.dim() == 3 for i in images)):
-        raise ValueError(
-            "inputs of a detection model must be a list of 3×H×W image tensors, an N×3×H×W tensor, "
-            f"or (images, targets); got {type(images).__name__}"
-        )
-    if targets is not None and (len(targets) != len(images) or not all(isinstance(t, Mapping) for t in targets)):
-        raise ValueError(f"targets must be a list of one dict per image ({len(images)} images), got {type(targets).__name__} of {len(targets)}")
-    return list(images), targets
-
-
-def _call(model: nn.Module, family: str, images: Any, targets: list[dict[str, Tensor]] | None, train: bool) -> Any:
-    if family in DETECTION_FAMILIES:
-        return model(images, targets) if train else model(images)
-    if isinstance(images, Mapping):
-        return model(**images)
-    if isinstance(images, tuple):
-        return model(*images)
-    return model(images)
-
-
-def _losses(output: Any) -> dict[str, Tensor]:
-    """The loss tensors of a train-mode output: a dict of scalars as is, else the sum of the
-    means of the floating outputs that require grad (``"mean(output)"``)."""
+def _losses(anatomy: Anatomy, model: nn.Module, output: Any, targets: Any) -> dict[str, Tensor]:
+    """The loss tensors of a train-mode output: the family's losses when it has any, a dict of
+    scalars as is, else the sum of the means of the floating outputs that require grad
+    (``"mean(output)"``)."""
+    family_losses = anatomy.train_losses(model, output, targets)
+    if isinstance(family_losses, dict):
+        return family_losses
     if isinstance(output, Mapping) and output and all(isinstance(v, Tensor) and v.numel() == 1 for v in output.values()):
         return {str(k): v for k, v in output.items()}
     leaves: list[tuple[str, Tensor]] = []
@@ -673,12 +636,11 @@ def _run(
     components = [s.path for s in anatomy.slots(model)]
     synthetic = inputs is None
     if synthetic:
-        inputs = synthetic_batch(model, batch_size=batch_size, image_size=image_size, seed=seed)
-    images, targets = _split_inputs(inputs, family)
-    if family in DETECTION_FAMILIES and targets is None and "train" in modes:
+        inputs = synthetic_batch(model, batch_size=batch_size, image_size=image_size, seed=seed, anatomy=anatomy)
+    images, targets = anatomy.split_inputs(inputs)
+    if targets is None and "train" in modes:
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        targets = synthetic_targets(model, [(int(i.shape[-2]), int(i.shape[-1])) for i in images], generator=gen,
-                                    device=_device_of(model, None), family=family)
+        targets = anatomy.train_targets(model, images, gen, device_of(model))
 
     named = list(model.named_modules())
     slot_set = set(components)
@@ -690,8 +652,8 @@ def _run(
         torch.manual_seed(seed)
         for p in model.parameters():
             p.grad = None  # fresh gradients; preserved() puts the caller's back untouched
-        if family in DETECTION_FAMILIES:
-            fit_transform(model, [(int(i.shape[-2]), int(i.shape[-1])) for i in images])
+        if anatomy.takes_targets:
+            anatomy.fit_inputs(model, [(int(i.shape[-2]), int(i.shape[-1])) for i in images])
         handles = []
         try:
             for path, module in traced:
@@ -708,15 +670,15 @@ def _run(
                     if m == "eval":
                         model.eval()
                         with torch.no_grad(), _FlowMode(recorder):
-                            output = _call(model, family, images, None, train=False)
+                            output = anatomy.call(model, images, None, train=False)
                         result.non_finite.extend(_non_finite(output, "eval output"))
                         del output
                     else:
                         model.train()
                         with torch.enable_grad():
                             with _FlowMode(recorder):
-                                output = _call(model, family, images, targets, train=True)
-                            raw_losses = _losses(output)
+                                output = anatomy.call(model, images, targets, train=True)
+                            raw_losses = _losses(anatomy, model, output, targets)
                             del output
                             result.losses = {k: float(v.detach().float().sum()) for k, v in raw_losses.items()}
                             result.non_finite.extend(f"loss {k}" for k, v in result.losses.items() if not _finite(v))
@@ -729,7 +691,7 @@ def _run(
                                     result.no_grad_params = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
                             raw_losses = {}
             except Exception as e:  # noqa: BLE001 - any error of the user's model becomes a shape-error finding
-                result.failure = _failure(model, recorder, result, e, phase, synthetic)
+                result.failure = _failure(model, recorder, result, e, phase, synthetic and not anatomy.takes_targets)
                 result._exception = e
             result.calls = recorder.calls
             result.edges = [TraceEdge(s, d, shapes, tuple(m for m in modes if m in ms)) for (s, d), (shapes, ms) in recorder.edges.items()]
@@ -779,18 +741,15 @@ def _uncalled(traced: list[str], called: set[str]) -> list[str]:
 # --------------------------------------------------------------------------- findings
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _failure(model: nn.Module, recorder: _Recorder, result: Trace, e: BaseException, phase: str, synthetic: bool) -> Finding:
-    severity: Severity = "warning" if synthetic and result.family not in DETECTION_FAMILIES else "error"
+def _failure(model: nn.Module, recorder: _Recorder, result: Trace, e: BaseException, phase: str, guessed_input: bool) -> Finding:
+    """A ``shape-error`` naming where the pass raised; a warning when the input was only a guess
+    (a synthetic batch for a model whose family does not say what it takes)."""
+    severity: Severity = "warning" if guessed_input else "error"
     completed = recorder.done
     if phase == "backward":
         return Finding(
             severity, "shape-error", (),
-            f"the backward of the train step raised {type(e).__name__}: {_first_line(e)} "
+            f"the backward of the train step raised {type(e).__name__}: {first_line(e)} "
             f"(losses: {', '.join(result.losses) or 'none'})",
             None,
         )
@@ -818,7 +777,7 @@ def _failure(model: nn.Module, recorder: _Recorder, result: Trace, e: BaseExcept
     if last:
         ran += f" (the last: {', '.join(last)})"
     message = (
-        f"{where or '<model>'} ({type_name}) raised {type(e).__name__} during the {phase}: {_first_line(e)}{received}. {ran}"
+        f"{where or '<model>'} ({type_name}) raised {type(e).__name__} during the {phase}: {first_line(e)}{received}. {ran}"
     )
     if severity == "warning":
         message += (

@@ -11,7 +11,7 @@ from torch import nn
 
 import surgery
 from surgery._state import preserved
-from surgery.synthetic import fit_transform, num_classes_of
+from surgery.anatomy import anatomy_for
 from tests.helpers import build
 
 SIZE = 64
@@ -69,7 +69,7 @@ def test_keypoint_rcnn_batch_has_keypoints_inside_the_boxes(shared: Callable[...
 )
 def test_labels_follow_the_models_own_num_classes(name: str, classes: int) -> None:
     model = build(name, num_classes=classes)
-    assert num_classes_of(model) == classes
+    assert anatomy_for(model).num_classes(model) == classes
     _, targets = surgery.synthetic_batch(model, batch_size=16, image_size=SIZE)
     assert targets is not None
     _check_boxes(targets, SIZE)
@@ -90,7 +90,7 @@ def test_generic_model_gets_a_plain_tensor_batch() -> None:
     batch = surgery.synthetic_batch(model, batch_size=5, image_size=40)
     assert isinstance(batch.images, torch.Tensor) and tuple(batch.images.shape) == (5, 3, 40, 40)
     assert batch.targets is None
-    assert num_classes_of(model) is None
+    assert anatomy_for(model).num_classes(model) is None
 
 
 def test_same_seed_same_batch_and_global_rng_untouched(maskrcnn: nn.Module) -> None:
@@ -140,9 +140,9 @@ def test_fit_transform_shrinks_and_preserved_restores(maskrcnn: nn.Module) -> No
     before = (transform.min_size, transform.max_size)
     assert before == ((800,), 1333)
     with preserved(maskrcnn):
-        assert fit_transform(maskrcnn, [(256, 256), (256, 200)]) is True
+        assert anatomy_for(maskrcnn).fit_inputs(maskrcnn, [(256, 256), (256, 200)]) is True
         assert (transform.min_size, transform.max_size) == ((200,), 256)
-        assert fit_transform(maskrcnn, [(512, 512)]) is False  # never enlarges
+        assert anatomy_for(maskrcnn).fit_inputs(maskrcnn, [(512, 512)]) is False  # never enlarges
         assert (transform.min_size, transform.max_size) == ((200,), 256)
     assert (transform.min_size, transform.max_size) == before
 
@@ -150,6 +150,7 @@ def test_fit_transform_shrinks_and_preserved_restores(maskrcnn: nn.Module) -> No
 def test_fit_transform_leaves_a_fixed_size_transform_alone(shared: Callable[..., nn.Module]) -> None:
     model: Any = shared("ssdlite320_mobilenet_v3_large")
     before = (model.transform.min_size, model.transform.max_size, model.transform.fixed_size)
-    assert fit_transform(model, [(64, 64)]) is False
+    assert anatomy_for(model).fit_inputs(model, [(64, 64)]) is False
     assert (model.transform.min_size, model.transform.max_size, model.transform.fixed_size) == before
-    assert fit_transform(nn.Linear(2, 2), [(64, 64)]) is False
+    linear = nn.Linear(2, 2)
+    assert anatomy_for(linear).fit_inputs(linear, [(64, 64)]) is False

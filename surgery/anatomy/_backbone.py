@@ -11,11 +11,13 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from surgery import paths
-from surgery.anatomy._base import PROBE_BATCH, Context, Features, finding, is_stock
+from surgery._util import first_line
+from surgery.anatomy._base import PROBE_BATCH, Context, Features, is_stock
+from surgery.anatomy._feed import finding
 from surgery.findings import Finding
 from surgery.signature import input_signature, output_signature
 
-__all__ = ["backbone_features", "backbone_contracts_findings", "FEATURES_KEY"]
+__all__ = ["backbone_features", "backbone_contracts_findings", "anchor_maps_findings", "FEATURES_KEY"]
 
 FEATURES_KEY = "features"
 
@@ -99,7 +101,7 @@ def backbone_features(ctx: Context, path: str = "backbone", image_size: int | No
                 "shape-error",
                 (path,),
                 f"{path} ({type(backbone).__name__}) raised on a {PROBE_BATCH}×3×{size}×{size} batch: "
-                f"{type(probe.error).__name__} in {where}: {str(probe.error).strip().splitlines()[0] if str(probe.error).strip() else ''}",
+                f"{type(probe.error).__name__} in {where}: {first_line(probe.error) if str(probe.error).strip() else ''}",
                 None,
             )
         if result is None:
@@ -158,3 +160,20 @@ def backbone_contracts_findings(ctx: Context, path: str = "backbone") -> Iterabl
 def _body_widths(body: nn.Module) -> list[int | None]:
     return_layers: dict[str, str] = body.return_layers  # type: ignore[assignment]
     return [_out(child) for n, child in body._modules.items() if n in return_layers and child is not None]
+
+
+def anchor_maps_findings(ctx: Context, gen_path: str, sizes: list, ratios: list | None, feats: Features | Finding) -> Iterable[Finding]:
+    """Sizes tuples vs aspect-ratio tuples vs the number of feature maps (shared with dense detectors)."""
+    if ratios is not None and len(ratios) != len(sizes):
+        yield finding("error", "anchor-mismatch", (gen_path,),
+                      f"{gen_path} has {len(sizes)} sizes tuples but {len(ratios)} aspect_ratios tuples; they must pair up",
+                      f"aspect_ratios=((0.5, 1.0, 2.0),) * {len(sizes)}")
+    if isinstance(feats, Finding) or not feats.names:
+        return
+    n = len(feats.names)
+    if len(sizes) != n:
+        example = tuple((32 * 2**i,) for i in range(n))
+        yield finding("error", "anchor-mismatch", ("backbone", gen_path),
+                      f"backbone produces {n} feature maps {feats.names} but {gen_path} has {len(sizes)} sizes tuples; "
+                      "it needs one per feature map",
+                      f"model.{gen_path} = AnchorGenerator(sizes={example}, aspect_ratios=((0.5, 1.0, 2.0),) * {n})")

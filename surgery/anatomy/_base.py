@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from surgery import paths
-from surgery.findings import Finding, Severity
+from surgery._util import all_finite
+from surgery.findings import Finding
 from surgery.signature import ProbeResult, Signature, input_signature, meta_like, meta_probe, output_signature
 
-__all__ = ["Slot", "Contract", "Context", "Features", "Anatomy", "is_stock", "feed", "PROBE_BATCH"]
+__all__ = [
+    "Slot",
+    "Contract",
+    "Context",
+    "Features",
+    "Anatomy",
+    "SyntheticBatch",
+    "ClassLayer",
+    "AttrUpdate",
+    "AdaptRule",
+    "is_stock",
+    "PROBE_BATCH",
+]
 
 #: Batch (or RoI count) of meta probes: 2, so BatchNorm in train mode accepts 1×1 maps.
 PROBE_BATCH = 2
@@ -121,11 +135,85 @@ class Context:
         return self._probes[full]
 
 
+class SyntheticBatch(NamedTuple):
+    """What :func:`surgery.synthetic_batch` returns; unpacks as ``images, targets = batch``.
+
+    Attributes:
+        images: A list of ``3×S×S`` image tensors for families whose forward takes a list
+            (detection), or one ``(batch_size, 3, S, S)`` tensor for any other model.
+        targets: What the family trains on: one dict per image for detection (``boxes``,
+            ``labels`` and, where the model has the branch, ``masks`` / ``keypoints``), a
+            tensor of labels for classification; None when the family has none.
+    """
+
+    images: list[Tensor] | Tensor
+    targets: Any
+
+
+@dataclass(frozen=True)
+class ClassLayer:
+    """One class-dependent layer, whose outputs are ``anchors × classes × per_class``, anchor first.
+
+    Attributes:
+        path: Dotted path of the layer (an ``nn.Linear`` or ``nn.Conv2d``).
+        slot: The slot it belongs to (what ``check`` is scoped to).
+        anchors: Anchor groups in its output (1 for predictors without anchors).
+        per_class: Outputs per class and anchor (4 for a box regressor, else 1).
+        old_classes: Classes it predicts now.
+        init: Initialises a freshly built layer the way its family does.
+        init_name: What ``init`` does, for messages.
+    """
+
+    path: str
+    slot: str
+    anchors: int
+    per_class: int
+    old_classes: int
+    init: Callable[[nn.Linear | nn.Conv2d], None]
+    init_name: str
+
+
+@dataclass(frozen=True)
+class AttrUpdate:
+    """An attribute that stores the class count (``num_classes``, ``num_columns``)."""
+
+    path: str
+    name: str
+
+
+@dataclass(frozen=True)
+class AdaptRule:
+    """A producer slot and the consumer that ``adapt`` rebuilds to fit it.
+
+    Attributes:
+        kind: Short name of the branch, e.g. ``"mask"``.
+        producer: The slot whose output width the consumer must take (e.g. a head).
+        consumer: The slot rebuilt (e.g. the predictor behind that head).
+        pool: The RoI pooler feeding the producer, when there is one (used to probe it).
+    """
+
+    kind: str
+    producer: str
+    consumer: str
+    pool: str | None = None
+
+
 class Anatomy:
-    """Knowledge of one model family. Subclasses live one per file in :mod:`surgery.anatomy`."""
+    """Knowledge of one model family: the one interface the rest of the package asks.
+
+    Subclasses live one per file in :mod:`surgery.anatomy`. Each public call resolves the
+    anatomy once (:func:`surgery.anatomy.anatomy_for`) and passes it down. The defaults
+    here describe a model no family knows: it takes one image tensor, has no targets, no
+    class layers and no adapt rules.
+    """
 
     #: Family name shown to users, e.g. ``"R-CNN"``.
     name: str = "generic"
+    #: False only for the fallback that matches any model and knows nothing of it.
+    knows_model: bool = True
+    #: True when the forward takes a list of ``3×H×W`` images and, in train mode, targets
+    #: (torchvision's detection API), rather than one tensor.
+    takes_targets: bool = False
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -200,147 +288,153 @@ class Anatomy:
         """The backbone's feature maps, when the family has a backbone."""
         return None
 
+    # ----------------------------------------------------------------------- inputs
 
-# --------------------------------------------------------------------------- shared contract helpers
+    def synthetic_batch(
+        self, model: nn.Module, batch_size: int, image_size: int, generator: torch.Generator, device: torch.device
+    ) -> SyntheticBatch:
+        """A random batch that fits the family (images drawn from ``generator``, a CPU generator)."""
+        return SyntheticBatch(torch.rand(batch_size, 3, image_size, image_size, generator=generator).to(device), None)
 
+    def split_inputs(self, inputs: Any) -> tuple[Any, Any]:
+        """``(images, targets)`` of what a user passed to ``trace``; targets None when there are none.
 
-def finding(severity: Severity, code: str, paths_: Sequence[str], message: str, fix: str | None = None) -> Finding:
-    return Finding(severity, code, tuple(paths_), message, fix)
+        Raises:
+            ValueError: The inputs do not have the form the family's forward takes.
+        """
+        if isinstance(inputs, SyntheticBatch):
+            return inputs.images, None
+        return inputs, None
 
+    def train_targets(self, model: nn.Module, images: Any, generator: torch.Generator, device: torch.device) -> Any:
+        """Targets for a train pass over user-given ``images`` (None when the family needs none)."""
+        return None
 
-@dataclass
-class Flow:
-    """What flows out of a producer: a shape without the batch/RoI dimension, or only a width."""
+    def call(self, model: nn.Module, images: Any, targets: Any, train: bool) -> Any:
+        """Run ``model`` on ``images`` (and ``targets`` in train mode, where the family takes them)."""
+        if isinstance(images, Mapping):
+            return model(**images)
+        if isinstance(images, tuple):
+            return model(*images)
+        return model(images)
 
-    shape: tuple[int, ...] | None  # e.g. (256, 14, 14) or (1024,)
-    width: int | None  # channels (dim 1) or features
+    def fit_inputs(self, model: nn.Module, image_sizes: Sequence[tuple[int, int]]) -> bool:
+        """Shrink what would enlarge images of these ``(height, width)`` sizes inside the model
+        (a detection transform's sizes).
 
-    def describe(self) -> str:
-        if self.shape and len(self.shape) > 1:
-            return "×".join(map(str, self.shape))
-        return str(self.width)
+        Call it only inside :func:`surgery._state.preserved`, which puts the sizes back.
 
+        Returns:
+            True when something was changed.
+        """
+        return False
 
-def feed(
-    ctx: Context,
-    producer: str,
-    flow: Flow,
-    consumer: str,
-    *,
-    fix: str | None,
-    what: str = "channels",
-) -> tuple[list[Finding], Flow | None]:
-    """Check that ``consumer`` accepts what ``producer`` emits, and work out what it emits.
+    # ----------------------------------------------------------------------- the train step
 
-    Stock torchvision/torch modules are read statically. A user's own module is confirmed
-    with a meta-device probe, whose success overrides a static reading that disagrees.
+    def loss_keys(self, model: nn.Module) -> tuple[str, ...]:
+        """The loss keys a train step of ``model`` must return (empty when the family has none)."""
+        return ()
 
-    Returns:
-        The findings, and the consumer's output flow (None when it could not be determined).
-    """
-    module = ctx.get(consumer)
-    in_sig = input_signature(module)
-    findings: list[Finding] = []
-    stock = is_stock(module)
+    def loss_slots(self, model: nn.Module) -> dict[str, str]:
+        """``{loss key: slot that produces it}``, to name the module behind a bad loss."""
+        return {}
 
-    expected: int | None = None
-    if in_sig is not None and flow.width is not None:
-        if in_sig.kind == "features" and flow.shape is not None and len(flow.shape) > 1:
-            expected = int(torch.Size(flow.shape).numel())
-        else:
-            expected = flow.width
+    def train_losses(self, model: nn.Module, output: Any, targets: Any) -> dict[str, Tensor] | str | None:
+        """The loss tensors of a train-mode ``output``.
 
-    static_mismatch = in_sig is not None and expected is not None and int(in_sig.size) != expected  # type: ignore[arg-type]
+        Returns:
+            ``{name: loss}``; a message saying why ``output`` is not what the family returns;
+            or None when the family has no loss of its own, so the caller uses its generic one.
+        """
+        return None
 
-    out: Flow | None = None
-    if stock:
-        if static_mismatch:
-            assert in_sig is not None
-            findings.append(_mismatch(producer, flow, consumer, module, in_sig, expected, fix))
-            return findings, None
-        out_sig = output_signature(module)
-        if flow.shape is not None and in_sig is not None and in_sig.kind == "channels" and len(flow.shape) > 1 and out_sig is not None:
-            out = Flow((int(out_sig.size), *flow.shape[1:]), int(out_sig.size)) if out_sig.kind == "channels" else Flow((int(out_sig.size),), int(out_sig.size))  # type: ignore[arg-type]
-        elif out_sig is not None:
-            out = Flow((int(out_sig.size),), int(out_sig.size))  # type: ignore[arg-type]
-        return findings, out
+    # ----------------------------------------------------------------------- the eval pass
 
-    if flow.shape is None:
-        if static_mismatch:
-            assert in_sig is not None
-            findings.append(_mismatch(producer, flow, consumer, module, in_sig, expected, fix))
-        return findings, None
+    def check_eval_output(self, model: nn.Module, output: Any, images: Any, label: str) -> list[Finding]:
+        """Findings about an eval-mode ``output`` for ``images`` (``label`` names the pass in messages)."""
+        if all_finite(output):
+            return []
+        return [Finding("error", "non-finite", (), f"{label} returned NaN/Inf values", None)]
 
-    result = ctx.probe(consumer, (PROBE_BATCH, *flow.shape))
-    if result.ok:
-        return findings, _flow_of(result.output)
-    if result.inconclusive:
-        if static_mismatch:
-            assert in_sig is not None
-            findings.append(_mismatch(producer, flow, consumer, module, in_sig, expected, fix))
-        return findings, None
-    if static_mismatch:
-        assert in_sig is not None
-        findings.append(_mismatch(producer, flow, consumer, module, in_sig, expected, fix))
-    else:
-        where = paths.join(consumer, result.where)
-        findings.append(
-            finding(
-                "error",
-                "channel-mismatch" if looks_like_shape(result.error) else "shape-error",
-                (producer, consumer),
-                f"{consumer} ({type(module).__name__}) raised when fed {producer}'s output "
-                f"of {_describe_input(flow, what)}: {type(result.error).__name__} in {where}: {first_line(result.error)}",
-                fix,
-            )
+    @contextmanager
+    def exercised(self, model: nn.Module) -> Iterator[None]:
+        """A block in which every head runs, even with random weights (detection lowers its
+        score thresholds); everything is put back afterwards."""
+        yield
+
+    # ----------------------------------------------------------------------- classes
+
+    def num_classes(self, model: nn.Module) -> int | None:
+        """The number of classes the model predicts (background included where the family has
+        one), read from its predictor; None when the family does not know it."""
+        return None
+
+    def class_layers(self, model: nn.Module) -> tuple[list[ClassLayer], list[AttrUpdate]]:
+        """The class-dependent layers and the attributes that store the class count.
+
+        Raises:
+            ValueError: The family has none, or a class slot holds a module whose layout is unknown.
+        """
+        raise ValueError(
+            f"set_num_classes() does not know the class-dependent layers of {type(model).__name__} "
+            f"({self.name} family); replace its classifier yourself with surgery.replace()"
         )
-    return findings, None
 
+    # ----------------------------------------------------------------------- adapt
 
-def _describe_input(flow: Flow, what: str) -> str:
-    if flow.shape is not None and len(flow.shape) > 1:
-        return f"shape {flow.describe()}"
-    return f"{flow.describe()} {what}"
+    def adapt_rule(self, model: nn.Module, path: str) -> AdaptRule:
+        """The rule ``adapt`` follows after ``path`` changed.
 
+        Raises:
+            ValueError: The family has no rule for ``path``.
+        """
+        raise ValueError(
+            f"{path!r} of {type(model).__name__} ({self.name} family) has no adapt rule. Rebuild its consumers yourself "
+            "inside `with surgery.edit(model) as e:` and the whole change is checked once at the end"
+        )
 
-def _flow_of(output: Any) -> Flow | None:
-    if isinstance(output, torch.Tensor) and output.dim() >= 2:
-        return Flow(tuple(int(s) for s in output.shape[1:]), int(output.shape[1]))
-    return None
+    def consumers(self, model: nn.Module, path: str) -> list[str]:
+        """The slots fed by ``path`` that a check after replacing ``path`` should cover."""
+        return []
 
+    def rebuild_consumer(self, module: nn.Module, width: int) -> tuple[nn.Module, str, str] | None:
+        """A module like the consumer ``module`` that takes ``width``: ``(module, old text, new text)``,
+        or None when the family does not know how to rebuild it."""
+        return None
 
-def looks_like_shape(error: BaseException | None) -> bool:
-    """True when an exception's text is about channels, shapes or sizes (a mismatch, not another bug)."""
-    text = str(error).lower()
-    # CPU kernels say "mat1 and mat2 shapes", meta kernels "must have same reduction dim"
-    return any(k in text for k in ("channel", "shape", "size", "mat1 and mat2", "reduction dim", "dimension"))
+    def rebuild_note(self, consumer: str, module: nn.Module, width: int) -> str:
+        """Why a consumer was left as it is, when :meth:`rebuild_consumer` could not rebuild it."""
+        return f"{consumer} is a {type(module).__name__}, which adapt cannot rebuild; rebuild it to take {width}"
 
+    def consumed_width(self, module: nn.Module) -> int | None:
+        """The width a consumer slot takes now, read from its first layer."""
+        return None
 
-def first_line(error: BaseException | None) -> str:
-    """The first line of an exception's text, or its type name when it has none."""
-    return str(error).strip().splitlines()[0] if error is not None and str(error).strip() else type(error).__name__
+    # ----------------------------------------------------------------------- freezing
 
+    def backbone_body(self, model: nn.Module) -> tuple[str, nn.Module]:
+        """``(path, module)`` of the backbone body that ``freeze_backbone_layers`` works on.
 
-def _mismatch(
-    producer: str, flow: Flow, consumer: str, module: nn.Module, in_sig: Signature, expected: int | None, fix: str | None
-) -> Finding:
-    layer = paths.join(consumer, in_sig.source)
-    produced = f"{flow.describe()} = {expected}" if expected != flow.width and flow.shape else f"{expected}"
-    unit = "features" if in_sig.kind == "features" else "channels"
-    return finding(
-        "error",
-        "channel-mismatch",
-        (producer, consumer),
-        f"{producer} produces {produced} {unit} but {consumer} ({type(module).__name__}) expects "
-        f"{in_sig.size} (in {layer})",
-        fix,
-    )
+        Raises:
+            ValueError: The family has no backbone body.
+        """
+        raise ValueError(
+            f"freeze_backbone_layers() works on models with a backbone body (torchvision's BackboneWithFPN); "
+            f"{type(model).__name__} has none"
+        )
 
+    # ----------------------------------------------------------------------- drawing
 
-def channels_of(module: nn.Module) -> int | None:
-    sig = output_signature(module)
-    return int(sig.size) if sig is not None and isinstance(sig.size, int) else None
+    def flow_label(self, model: nn.Module, src: str, dst: str) -> str | None:
+        """What flows along a static edge when it is not a feature map (``"proposals"``,
+        ``"anchors"``, ...); None for a feature map, whose width the renderer reads."""
+        return None
 
+    def carries_features(self, model: nn.Module, path: str) -> bool:
+        """False for slots whose output is not a feature map (boxes, anchors, proposals)."""
+        return True
 
-def meta_tensor(shape: tuple[int, ...]) -> torch.Tensor:
-    return meta_like(shape)
+    def cluster_of(self, path: str) -> str | None:
+        """The group a slot is drawn in: the first segment of a dotted path, None for a top-level slot."""
+        head, _, rest = path.partition(".")
+        return head if rest else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.detection.fcos import FCOS
 
-from surgery.anatomy.retinanet import DenseAnatomy
+from surgery.anatomy.retinanet import CLS, REG, DenseAnatomy
 
 __all__ = ["FCOSAnatomy"]
 
@@ -16,6 +16,7 @@ class FCOSAnatomy(DenseAnatomy):
     name = "FCOS"
     regression_outputs = (("bbox_reg", 4), ("bbox_ctrness", 1))
     head_class = "FCOSHead"
+    losses = {"classification": CLS, "bbox_regression": REG, "bbox_ctrness": REG}
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

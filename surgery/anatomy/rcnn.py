@@ -1,12 +1,13 @@
 """Anatomy of torchvision's two-stage detectors: Faster, Mask and Keypoint R-CNN
-(``GeneralizedRCNN``), including the ``_v2`` and MobileNet variants."""
+(``GeneralizedRCNN``), including the ``_v2`` and MobileNet variants.
+
+Everything the package knows about the family is here or in :mod:`._rcnn_contracts` (the
+bodies of its checks): slots, data flow, loss keys, result keys, class-dependent layers, the
+head → predictor adapt rules and the backbone body that ``freeze_backbone_layers`` reads.
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable
-
-import torch
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
@@ -15,46 +16,53 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 
 from surgery import paths
-from surgery.anatomy._backbone import backbone_contracts_findings, backbone_features
-from surgery.anatomy._base import (
-    PROBE_BATCH,
-    Anatomy,
-    Context,
-    Contract,
-    Features,
-    Flow,
-    Slot,
-    feed,
-    finding,
-    first_line,
-    looks_like_shape,
-)
-from surgery.findings import Finding, Severity
-from surgery.signature import Signature, input_signature, meta_like, output_signature
+from surgery.anatomy._backbone import backbone_features
+from surgery.anatomy._base import AdaptRule, AttrUpdate, ClassLayer, Context, Contract, Features, Slot
+from surgery.anatomy._detection import DetectionAnatomy
+from surgery.anatomy._layers import int_attr, linear_default, need_layer
+from surgery.anatomy._rcnn_contracts import BRANCHES, contracts
+from surgery.signature import Signature
 
-__all__ = ["RCNNAnatomy", "pool_size"]
+__all__ = ["RCNNAnatomy"]
 
-_BRANCHES = {
-    # kind: (pool, head, predictor, what the predictor makes)
-    "box": ("roi_heads.box_roi_pool", "roi_heads.box_head", "roi_heads.box_predictor"),
-    "mask": ("roi_heads.mask_roi_pool", "roi_heads.mask_head", "roi_heads.mask_predictor"),
-    "keypoint": ("roi_heads.keypoint_roi_pool", "roi_heads.keypoint_head", "roi_heads.keypoint_predictor"),
+_LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+_LOSS_SLOTS = {
+    "loss_classifier": "roi_heads.box_predictor",
+    "loss_box_reg": "roi_heads.box_predictor",
+    "loss_objectness": "rpn.head",
+    "loss_rpn_box_reg": "rpn.head",
+    "loss_mask": "roi_heads.mask_predictor",
+    "loss_keypoint": "roi_heads.keypoint_predictor",
 }
 
 
-def pool_size(value: object) -> tuple[int, int] | None:
-    """An RoI pooler's ``output_size`` (an int or a pair) as ``(h, w)``, or None when it is neither."""
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return (int(value[0]), int(value[1]))
-    return None
+def _branch_on(model: nn.Module, name: str) -> bool:
+    """``model.roi_heads.has_mask()`` / ``has_keypoint()``, False when there is no such check."""
+    check = getattr(getattr(model, "roi_heads", None), name, None)
+    return bool(check()) if callable(check) else False
 
 
-class RCNNAnatomy(Anatomy):
+def _mask_logits_init(layer: nn.Linear | nn.Conv2d) -> None:
+    # MaskRCNNPredictor: kaiming_normal_(fan_out, relu) on weights; its bias line is commented
+    # out in torchvision, so the bias keeps nn.Conv2d's default initialisation.
+    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _child(module: nn.Module, name: str, kind: type[nn.Module]) -> nn.Module | None:
+    child = module._modules.get(name)
+    return child if isinstance(child, kind) else None
+
+
+#: Bodies of torchvision's ResNet and MobileNet FPN backbones, as ``freeze_backbone_layers`` reads them.
+_BODY_PATHS = ("backbone.body", "body")
+
+
+class RCNNAnatomy(DetectionAnatomy):
     """Faster / Mask / Keypoint R-CNN."""
 
     name = "R-CNN"
+    class_slot = "roi_heads.box_predictor"
+    box_slot = "roi_heads.box_predictor"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -90,7 +98,7 @@ class RCNNAnatomy(Anatomy):
             ("rpn.head", "roi_heads.box_roi_pool"),
             ("rpn.anchor_generator", "roi_heads.box_roi_pool"),
         ]
-        for kind, (pool, head, predictor) in _BRANCHES.items():
+        for kind, (pool, head, predictor) in BRANCHES.items():
             edges += [(feat, pool), (pool, head), (head, predictor)]
             if kind != "box":
                 edges.append(("roi_heads.box_predictor", pool))
@@ -112,315 +120,143 @@ class RCNNAnatomy(Anatomy):
         return in_sig, out_sig
 
     def features(self, ctx: Context) -> Features | None:
-        feats = backbone_features(ctx, "backbone", _probe_size(ctx))
+        feats = backbone_features(ctx, "backbone", ctx.probe_image_size)
         return feats if isinstance(feats, Features) else None
 
     def contracts(self, model: nn.Module) -> list[Contract]:
-        out = [
-            Contract("backbone body → FPN → out_channels", ("backbone",), lambda ctx: backbone_contracts_findings(ctx, "backbone")),
-            Contract("backbone channels → RPN head input", ("backbone", "rpn.head"), _rpn_channels),
-            Contract("anchors per location → RPN head outputs", ("rpn.anchor_generator", "rpn.head"), _rpn_anchors),
-            Contract("anchor size tuples → feature maps", ("backbone", "rpn.anchor_generator"), _anchor_maps),
+        return contracts()
+
+    # ----------------------------------------------------------------------- surgery knowledge
+
+    def has_masks(self, model: nn.Module) -> bool:
+        return _branch_on(model, "has_mask")
+
+    def num_keypoints(self, model: nn.Module) -> int | None:
+        if not _branch_on(model, "has_keypoint"):
+            return None
+        predictor = getattr(getattr(model, "roi_heads", None), "keypoint_predictor", None)
+        for value in (getattr(predictor, "out_channels", None), getattr(getattr(predictor, "kps_score_lowres", None), "out_channels", None)):
+            if isinstance(value, int):
+                return value
+        return None
+
+    def result_keys(self, model: nn.Module) -> dict[str, str | None]:
+        keys = super().result_keys(model)
+        if self.has_masks(model):
+            keys["masks"] = "roi_heads.mask_predictor"
+        if _branch_on(model, "has_keypoint"):
+            keys["keypoints"] = keys["keypoints_scores"] = "roi_heads.keypoint_predictor"
+        return keys
+
+    def loss_keys(self, model: nn.Module) -> tuple[str, ...]:
+        return (_LOSS_KEYS + (("loss_mask",) if self.has_masks(model) else ())
+                + (("loss_keypoint",) if _branch_on(model, "has_keypoint") else ()))
+
+    def loss_slots(self, model: nn.Module) -> dict[str, str]:
+        return dict(_LOSS_SLOTS)
+
+    def num_classes(self, model: nn.Module) -> int | None:
+        cls_score = getattr(getattr(getattr(model, "roi_heads", None), "box_predictor", None), "cls_score", None)
+        value = getattr(cls_score, "out_features", None)
+        return int(value) if isinstance(value, int) else None
+
+    def class_layers(self, model: nn.Module) -> tuple[list[ClassLayer], list[AttrUpdate]]:
+        """Box ``cls_score`` and ``bbox_pred`` (4 rows per class) and the mask logits; keypoint
+        predictors predict keypoints, not classes."""
+        box = "roi_heads.box_predictor"
+        predictor = paths.get(model, box)
+        cls_score, bbox_pred = predictor._modules.get("cls_score"), predictor._modules.get("bbox_pred")
+        for name, layer in (("cls_score", cls_score), ("bbox_pred", bbox_pred)):
+            if not isinstance(layer, nn.Linear):
+                raise ValueError(
+                    f"set_num_classes() rebuilds {box}.cls_score and {box}.bbox_pred (FastRCNNPredictor's layers), but "
+                    f"{box} is a {type(predictor).__name__} without an nn.Linear {name!r}; replace it yourself with "
+                    f"surgery.replace(model, {box!r}, FastRCNNPredictor(in_features, num_classes))"
+                )
+        assert isinstance(cls_score, nn.Linear) and isinstance(bbox_pred, nn.Linear)  # checked just above
+        classes = int(cls_score.out_features)
+        if bbox_pred.out_features != 4 * classes:
+            raise ValueError(
+                f"{box}.cls_score scores {classes} classes but {box}.bbox_pred predicts {bbox_pred.out_features} box deltas, "
+                f"not 4 × {classes}; the predictor is inconsistent, so the rows of a class cannot be located. "
+                f"Replace it with FastRCNNPredictor({cls_score.in_features}, {classes}) first"
+            )
+        layers = [
+            ClassLayer(f"{box}.cls_score", box, 1, 1, classes, linear_default, "nn.Linear default"),
+            ClassLayer(f"{box}.bbox_pred", box, 1, 4, classes, linear_default, "nn.Linear default"),
         ]
-        for kind, (pool, head, predictor) in _BRANCHES.items():
-            out.append(Contract(f"{kind} branch: pooler names, pooler → head → predictor", ("backbone", pool, head, predictor),
-                                functools.partial(_branch, kind=kind)))
-        out.append(Contract("box predictor classes: cls_score vs bbox_pred/4", ("roi_heads.box_predictor",), _box_classes))
-        out.append(Contract("mask predictor classes vs box predictor classes", ("roi_heads.box_predictor", "roi_heads.mask_predictor"), _mask_classes))
-        out.append(Contract("mask / keypoint triples complete", ("roi_heads",), _triples_complete))
-        return out
+        mask = "roi_heads.mask_predictor"
+        if paths.exists(model, mask):
+            logits = need_layer(model, f"{mask}.mask_fcn_logits", (nn.Conv2d,), "MaskRCNNPredictor's 1×1 class conv")
+            layers.append(ClassLayer(f"{mask}.mask_fcn_logits", mask, 1, 1, int_attr(logits, "out_channels"), _mask_logits_init,
+                                     "kaiming_normal_(fan_out, relu) weights, nn.Conv2d default bias"))
+        return layers, []
 
+    def adapt_rule(self, model: nn.Module, path: str) -> AdaptRule:
+        for kind, (pool, head, predictor) in BRANCHES.items():
+            if path in (head, predictor):
+                return AdaptRule(kind, head, predictor, pool)
+        known = ", ".join(head for _, head, _ in BRANCHES.values())
+        raise ValueError(
+            f"adapt rebuilds the predictor behind an R-CNN head ({known}, or the predictors themselves); "
+            f"{path!r} of {type(model).__name__} has no such rule. Rebuild its consumers yourself inside "
+            "`with surgery.edit(model) as e:` and the whole change is checked once at the end"
+        )
 
-def _probe_size(ctx: Context) -> int:
-    return ctx.probe_image_size
+    def consumers(self, model: nn.Module, path: str) -> list[str]:
+        return [predictor for _, head, predictor in BRANCHES.values() if head == path]
 
-
-def _features(ctx: Context) -> Features | Finding:
-    return backbone_features(ctx, "backbone", _probe_size(ctx))
-
-
-def _feature_flow(ctx: Context, feats: Features) -> list[torch.Tensor]:
-    size = _probe_size(ctx)
-    tensors = []
-    for i, name in enumerate(feats.names):
-        if name in feats.shapes:
-            tensors.append(meta_like(feats.shapes[name]))
-        else:
-            side = max(1, size // (4 * 2**i))
-            tensors.append(meta_like((PROBE_BATCH, feats.channels[name] or 1, side, side)))
-    return tensors
-
-
-def _rpn_channels(ctx: Context) -> Iterable[Finding]:
-    feats = _features(ctx)
-    if isinstance(feats, Finding):
-        yield feats
-        return
-    width = feats.common_channels()
-    if width is None:
-        return
-    head = ctx.get("rpn.head")
-    anchors = _anchors_per_location(ctx)
-    fix = f"model.rpn.head = RPNHead({width}, {anchors[0] if anchors else 3})"
-    if isinstance(head, RPNHead):
-        findings, _ = feed(ctx, "backbone", Flow(None, width), "rpn.head", fix=fix)
-        yield from findings
-        return
-    probe = ctx.probe_with("rpn.head", "features", _feature_flow(ctx, feats))
-    if not probe.ok and not probe.inconclusive:
-        sig = input_signature(head)
-        wrong_width = sig is not None and sig.size != width
-        expects = f"expects {sig.size} (in rpn.head.{sig.source}) and raised" if sig is not None and wrong_width else "raised"
-        code = "channel-mismatch" if wrong_width or looks_like_shape(probe.error) else "shape-error"
-        yield finding("error", code, ("backbone", "rpn.head"),
-                      f"backbone produces {width} channels but rpn.head ({type(head).__name__}) {expects}: "
-                      f"{type(probe.error).__name__} in {paths.join('rpn.head', probe.where)}: {first_line(probe.error)}",
-                      fix)
-
-
-def _anchors_per_location(ctx: Context) -> list[int]:
-    gen = ctx.get("rpn.anchor_generator")
-    fn = getattr(gen, "num_anchors_per_location", None)
-    return [int(a) for a in fn()] if callable(fn) else []
-
-
-def _rpn_anchors(ctx: Context) -> Iterable[Finding]:
-    anchors = _anchors_per_location(ctx)
-    if not anchors:
-        return
-    head = ctx.get("rpn.head")
-    if isinstance(head, RPNHead):
-        cls_out = int(head.cls_logits.out_channels)
-        box_out = int(head.bbox_pred.out_channels)
-        width = int(head.cls_logits.in_channels)
-    else:
-        feats = _features(ctx)
-        if isinstance(feats, Finding):
-            return
-        probe = ctx.probe_with("rpn.head", "features", _feature_flow(ctx, feats))
-        if not probe.ok:
-            return  # reported by the channel contract
-        outputs = _rpn_outputs(probe.output)
-        if outputs is None:
-            return
-        cls_out, box_out = outputs
-        width = feats.common_channels() or 256
-    where = "rpn.head.cls_logits" if isinstance(head, RPNHead) else "first output of rpn.head"
-    where_box = "rpn.head.bbox_pred" if isinstance(head, RPNHead) else "second output of rpn.head"
-    distinct = sorted(set(anchors))
-    if len(distinct) > 1:
-        yield finding("error", "anchor-mismatch", ("rpn.anchor_generator", "rpn.head"),
-                      f"rpn.anchor_generator makes {anchors} anchors per location on its feature maps, but rpn.head "
-                      f"shares one conv across maps and predicts {cls_out} per location; every map needs the same count",
-                      "give every feature map the same number of sizes × aspect ratios")
-        return
-    a = distinct[0]
-    if cls_out != a:
-        yield finding("error", "anchor-mismatch", ("rpn.anchor_generator", "rpn.head"),
-                      f"rpn.anchor_generator makes {a} anchors per location but rpn.head predicts {cls_out} "
-                      f"objectness scores per location ({where})",
-                      f"model.rpn.head = RPNHead({width}, {a})")
-    if box_out != 4 * a:
-        yield finding("error", "anchor-mismatch", ("rpn.anchor_generator", "rpn.head"),
-                      f"rpn.anchor_generator makes {a} anchors per location, so rpn.head must predict 4 × {a} = {4 * a} "
-                      f"box deltas per location, but {where_box} gives {box_out}",
-                      f"model.rpn.head = RPNHead({width}, {a})")
-
-
-def _rpn_outputs(output: object) -> tuple[int, int] | None:
-    """(objectness, box deltas) channels per location from an RPN head's ``(logits, deltas)`` lists."""
-    if not (isinstance(output, (tuple, list)) and len(output) == 2):
+    def rebuild_consumer(self, module: nn.Module, width: int) -> tuple[nn.Module, str, str] | None:
+        """torchvision's predictor like ``module`` taking ``width``, every other hyperparameter kept."""
+        kind = type(module)
+        cls_score = _child(module, "cls_score", nn.Linear)
+        if kind is FastRCNNPredictor and isinstance(cls_score, nn.Linear):
+            classes = int(cls_score.out_features)
+            return (FastRCNNPredictor(width, classes), f"FastRCNNPredictor({cls_score.in_features}, {classes})",
+                    f"FastRCNNPredictor({width}, {classes})")
+        conv5 = _child(module, "conv5_mask", nn.ConvTranspose2d)
+        logits = _child(module, "mask_fcn_logits", nn.Conv2d)
+        if kind is MaskRCNNPredictor and isinstance(conv5, nn.ConvTranspose2d) and isinstance(logits, nn.Conv2d):
+            dim, classes = int(conv5.out_channels), int(logits.out_channels)
+            return (MaskRCNNPredictor(width, dim, classes), f"MaskRCNNPredictor({conv5.in_channels}, {dim}, {classes})",
+                    f"MaskRCNNPredictor({width}, {dim}, {classes})")
+        scores = _child(module, "kps_score_lowres", nn.ConvTranspose2d)
+        if kind is KeypointRCNNPredictor and isinstance(scores, nn.ConvTranspose2d):
+            keypoints = int(scores.out_channels)
+            new = KeypointRCNNPredictor(width, keypoints)
+            new.up_scale = getattr(module, "up_scale", new.up_scale)
+            return (new, f"KeypointRCNNPredictor({scores.in_channels}, {keypoints})", f"KeypointRCNNPredictor({width}, {keypoints})")
         return None
-    logits, deltas = output
-    if not (isinstance(logits, (tuple, list)) and isinstance(deltas, (tuple, list)) and logits and deltas):
+
+    def rebuild_note(self, consumer: str, module: nn.Module, width: int) -> str:
+        """Why a consumer was left as it is, when :meth:`rebuild_consumer` could not rebuild it."""
+        return (f"adapt rebuilds torchvision's FastRCNNPredictor, MaskRCNNPredictor and KeypointRCNNPredictor; "
+                f"{consumer} is a {type(module).__name__}, so it was left as it is: rebuild it to take {width}")
+
+    def consumed_width(self, module: nn.Module) -> int | None:
+        for layer in ("cls_score", "conv5_mask", "kps_score_lowres"):
+            child = module._modules.get(layer)
+            if isinstance(child, nn.Linear):
+                return int(child.in_features)
+            if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
+                return int(child.in_channels)
         return None
-    if not (isinstance(logits[0], torch.Tensor) and isinstance(deltas[0], torch.Tensor)):
+
+    def backbone_body(self, model: nn.Module) -> tuple[str, nn.Module]:
+        for path in _BODY_PATHS:
+            if paths.exists(model, path):
+                return path, paths.get(model, path)
+        return super().backbone_body(model)
+
+    def flow_label(self, model: nn.Module, src: str, dst: str) -> str | None:
+        consumer = paths.get(model, dst) if paths.exists(model, dst) else None
+        is_pooler = consumer is not None and hasattr(consumer, "featmap_names") and hasattr(consumer, "output_size")
+        inherited = super().flow_label(model, src, dst)
+        if inherited is not None:
+            return inherited
+        if is_pooler and src.startswith(("rpn.", "roi_heads.")):
+            return "proposals" if src.startswith("rpn.") else "detections"
         return None
-    if logits[0].dim() < 2 or deltas[0].dim() < 2:
-        return None
-    return int(logits[0].shape[1]), int(deltas[0].shape[1])
 
-
-def _anchor_maps(ctx: Context) -> Iterable[Finding]:
-    gen = ctx.get("rpn.anchor_generator")
-    sizes = getattr(gen, "sizes", None)
-    ratios = getattr(gen, "aspect_ratios", None)
-    if sizes is None:
-        return
-    yield from anchor_maps_findings(ctx, "rpn.anchor_generator", list(sizes), list(ratios) if ratios is not None else None, _features(ctx))
-
-
-def anchor_maps_findings(ctx: Context, gen_path: str, sizes: list, ratios: list | None, feats: Features | Finding) -> Iterable[Finding]:
-    """Sizes tuples vs aspect-ratio tuples vs the number of feature maps (shared with dense detectors)."""
-    if ratios is not None and len(ratios) != len(sizes):
-        yield finding("error", "anchor-mismatch", (gen_path,),
-                      f"{gen_path} has {len(sizes)} sizes tuples but {len(ratios)} aspect_ratios tuples; they must pair up",
-                      f"aspect_ratios=((0.5, 1.0, 2.0),) * {len(sizes)}")
-    if isinstance(feats, Finding) or not feats.names:
-        return
-    n = len(feats.names)
-    if len(sizes) != n:
-        example = tuple((32 * 2**i,) for i in range(n))
-        yield finding("error", "anchor-mismatch", ("backbone", gen_path),
-                      f"backbone produces {n} feature maps {feats.names} but {gen_path} has {len(sizes)} sizes tuples; "
-                      "it needs one per feature map",
-                      f"model.{gen_path} = AnchorGenerator(sizes={example}, aspect_ratios=((0.5, 1.0, 2.0),) * {n})")
-
-
-def _branch(ctx: Context, kind: str) -> Iterable[Finding]:
-    pool_path, head_path, pred_path = _BRANCHES[kind]
-    if not all(ctx.has(p) for p in (pool_path, head_path, pred_path)):
-        return
-    feats = _features(ctx)
-    if isinstance(feats, Finding):
-        yield feats
-        return
-    pool = ctx.get(pool_path)
-    names = getattr(pool, "featmap_names", None)
-    if names is not None and feats.names:
-        missing = [n for n in names if n not in feats.names]
-        if missing:
-            present = [n for n in names if n in feats.names]
-            severity: Severity = "warning" if present else "error"
-            keep = present or [n for n in feats.names if n != "pool"] or feats.names
-            fix_size = pool_size(getattr(pool, "output_size", None)) or (7, 7)
-            sampling = getattr(pool, "sampling_ratio", 2)
-            yield finding(severity, "featmap-missing", ("backbone", pool_path),
-                          f"{pool_path} pools feature maps {list(names)} but the backbone produces {feats.names}; "
-                          f"{missing} {'is' if len(missing) == 1 else 'are'} silently ignored"
-                          + ("" if present else ", so no map at all is pooled"),
-                          f"model.{pool_path} = MultiScaleRoIAlign(featmap_names={keep}, output_size={fix_size[0]}, sampling_ratio={sampling})")
-            if not present:
-                return
-    width = feats.common_channels()
-    out_size = pool_size(getattr(pool, "output_size", None))
-    if width is None or out_size is None:
-        return
-    pooled = Flow((width, *out_size), width)
-    head = ctx.get(head_path)
-    findings, head_flow = feed(ctx, pool_path, pooled, head_path, fix=_head_fix(kind, head, width, out_size))
-    yield from findings
-    if findings or head_flow is None:
-        return
-    predictor = ctx.get(pred_path)
-    if kind == "box" and not isinstance(predictor, FastRCNNPredictor) and head_flow.width is not None:
-        # a custom predictor returns (scores, deltas): probe it directly
-        probe = ctx.probe(pred_path, (PROBE_BATCH, *(head_flow.shape or (head_flow.width,))))
-        if not probe.ok and not probe.inconclusive:
-            yield finding("error", "channel-mismatch" if looks_like_shape(probe.error) else "shape-error", (head_path, pred_path),
-                          f"{head_path} produces {head_flow.describe()} features but {pred_path} ({type(predictor).__name__}) "
-                          f"raised on them: {type(probe.error).__name__} in {paths.join(pred_path, probe.where)}: "
-                          f"{first_line(probe.error)}",
-                          _predictor_fix(kind, predictor, head_flow.width))
-        return
-    findings, _ = feed(ctx, head_path, head_flow, pred_path, fix=_predictor_fix(kind, predictor, head_flow.width))
-    yield from findings
-
-
-def _head_fix(kind: str, head: nn.Module, width: int, out_size: tuple[int, int]) -> str:
-    if kind == "box":
-        sig = input_signature(head)
-        rep = output_signature(head)
-        if sig is not None and sig.kind == "features":
-            return f"model.roi_heads.box_head = TwoMLPHead({width} * {out_size[0]} * {out_size[1]}, {rep.size if rep else 1024})"
-        return f"rebuild roi_heads.box_head to take {width}-channel {out_size[0]}×{out_size[1]} RoI features"
-    layers = tuple(int(m.out_channels) for m in head.modules() if isinstance(m, nn.Conv2d))
-    cls = "MaskRCNNHeads" if kind == "mask" else "KeypointRCNNHeads"
-    args = f"{width}, {layers or (256,)}, 1" if kind == "mask" else f"{width}, {layers or (512,)}"
-    return f"model.roi_heads.{kind}_head = {cls}({args})"
-
-
-def _predictor_fix(kind: str, predictor: nn.Module, width: int | None) -> str:
-    if kind == "box":
-        classes = _box_num_classes(predictor)
-        return f"model.roi_heads.box_predictor = FastRCNNPredictor({width}, {classes or 'num_classes'})"
-    if kind == "mask":
-        dim = int(predictor.conv5_mask.out_channels) if isinstance(predictor, MaskRCNNPredictor) else 256
-        classes = _mask_num_classes(predictor)
-        return f"model.roi_heads.mask_predictor = MaskRCNNPredictor({width}, {dim}, {classes or 'num_classes'})"
-    kps = int(predictor.kps_score_lowres.out_channels) if isinstance(predictor, KeypointRCNNPredictor) else "num_keypoints"
-    return f"model.roi_heads.keypoint_predictor = KeypointRCNNPredictor({width}, {kps})"
-
-
-def _box_num_classes(predictor: nn.Module) -> int | None:
-    if isinstance(predictor, FastRCNNPredictor):
-        return int(predictor.cls_score.out_features)
-    return None
-
-
-def _mask_num_classes(predictor: nn.Module) -> int | None:
-    if isinstance(predictor, MaskRCNNPredictor):
-        return int(predictor.mask_fcn_logits.out_channels)
-    sig = output_signature(predictor)
-    return int(sig.size) if sig is not None and isinstance(sig.size, int) else None
-
-
-def _box_outputs(ctx: Context) -> tuple[int, int] | None:
-    """(classes, box deltas) of the box predictor, statically or by probe."""
-    predictor = ctx.get("roi_heads.box_predictor")
-    if isinstance(predictor, FastRCNNPredictor):
-        return int(predictor.cls_score.out_features), int(predictor.bbox_pred.out_features)
-    sig = input_signature(predictor)
-    width = None
-    if sig is not None and isinstance(sig.size, int):
-        width = sig.size
-    elif ctx.has("roi_heads.box_head"):
-        out = output_signature(ctx.get("roi_heads.box_head"))
-        width = int(out.size) if out is not None and isinstance(out.size, int) else None
-    if width is None:
-        return None
-    probe = ctx.probe("roi_heads.box_predictor", (PROBE_BATCH, width))
-    if probe.ok and isinstance(probe.output, (tuple, list)) and len(probe.output) == 2:
-        scores, deltas = probe.output
-        return int(scores.shape[-1]), int(deltas.shape[-1])
-    return None
-
-
-def _box_classes(ctx: Context) -> Iterable[Finding]:
-    outs = _box_outputs(ctx)
-    if outs is None:
-        return
-    classes, deltas = outs
-    if deltas != 4 * classes:
-        predictor = ctx.get("roi_heads.box_predictor")
-        sig = input_signature(predictor)
-        yield finding("error", "num-classes-mismatch", ("roi_heads.box_predictor",),
-                      f"roi_heads.box_predictor scores {classes} classes but predicts {deltas} box deltas; "
-                      f"it needs 4 × {classes} = {4 * classes} (one box per class)",
-                      f"model.roi_heads.box_predictor = FastRCNNPredictor({sig.size if sig else 'in_features'}, {classes})")
-
-
-def _mask_classes(ctx: Context) -> Iterable[Finding]:
-    outs = _box_outputs(ctx)
-    if outs is None or not ctx.has("roi_heads.mask_predictor"):
-        return
-    classes = outs[0]
-    predictor = ctx.get("roi_heads.mask_predictor")
-    mask_classes = _mask_num_classes(predictor)
-    if not isinstance(predictor, MaskRCNNPredictor):
-        in_sig = input_signature(predictor)
-        if in_sig is not None and isinstance(in_sig.size, int):
-            probe = ctx.probe("roi_heads.mask_predictor", (PROBE_BATCH, in_sig.size, 14, 14))
-            if probe.ok and isinstance(probe.output, torch.Tensor):
-                mask_classes = int(probe.output.shape[1])
-    if mask_classes is not None and mask_classes != classes:
-        width = input_signature(predictor)
-        dim = int(predictor.conv5_mask.out_channels) if isinstance(predictor, MaskRCNNPredictor) else 256
-        yield finding("error", "num-classes-mismatch", ("roi_heads.box_predictor", "roi_heads.mask_predictor"),
-                      f"roi_heads.box_predictor has {classes} classes but roi_heads.mask_predictor predicts "
-                      f"{mask_classes} mask channels; masks are picked by the box's class label, so they must agree",
-                      f"model.roi_heads.mask_predictor = MaskRCNNPredictor({width.size if width else 256}, {dim}, {classes})")
-
-
-def _triples_complete(ctx: Context) -> Iterable[Finding]:
-    for kind in ("mask", "keypoint"):
-        triple = _BRANCHES[kind]
-        present = [p for p in triple if ctx.has(p)]
-        if present and len(present) < 3:
-            absent = [p for p in triple if p not in present]
-            gate = "has_mask()" if kind == "mask" else "has_keypoint()"
-            for p in present:
-                yield finding("error", "orphan-module", (p,),
-                              f"{p} is set but {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} None, so "
-                              f"RoIHeads.{gate} is False and the {kind} branch never runs",
-                              f"set {', '.join(absent)} too, or remove {p}")
+    def carries_features(self, model: nn.Module, path: str) -> bool:
+        return super().carries_features(model, path) and not path.startswith(("rpn.", "roi_heads."))

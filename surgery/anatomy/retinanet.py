@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from torch import nn
-from torchvision.models.detection.retinanet import RetinaNet
+from torchvision.models.detection.fcos import FCOSClassificationHead
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
 
-from surgery.anatomy._backbone import backbone_contracts_findings, backbone_features
-from surgery.anatomy._base import Anatomy, Context, Contract, Features, Flow, Slot, feed, finding, is_stock
-from surgery.anatomy.rcnn import anchor_maps_findings
+from surgery import paths
+from surgery.anatomy._backbone import anchor_maps_findings, backbone_contracts_findings, backbone_features
+from surgery.anatomy._base import AttrUpdate, ClassLayer, Context, Contract, Features, Slot, is_stock
+from surgery.anatomy._detection import DetectionAnatomy
+from surgery.anatomy._feed import Flow, feed, finding
+from surgery.anatomy._layers import int_attr, need_layer, prior_init
 from surgery.findings import Finding
 from surgery.signature import input_signature
 
@@ -19,12 +23,52 @@ CLS = "head.classification_head"
 REG = "head.regression_head"
 
 
-class DenseAnatomy(Anatomy):
+#: torchvision's default ``prior_probability`` of RetinaNet and FCOS classification heads.
+_PRIOR = 0.01
+
+
+class DenseAnatomy(DetectionAnatomy):
     """One-stage detectors with ``backbone``, ``anchor_generator`` and a two-part ``head``."""
 
     #: Layers of the regression head and how many outputs each makes per anchor.
     regression_outputs: tuple[tuple[str, int], ...] = (("bbox_reg", 4),)
     head_class = "RetinaNetHead"
+    class_slot = CLS
+    box_slot = REG
+    #: The train step's loss keys, each with the head that produces it.
+    losses: dict[str, str] = {"classification": CLS, "bbox_regression": REG}
+
+    def loss_keys(self, model: nn.Module) -> tuple[str, ...]:
+        return tuple(self.losses)
+
+    def loss_slots(self, model: nn.Module) -> dict[str, str]:
+        return dict(self.losses)
+
+    def num_classes(self, model: nn.Module) -> int | None:
+        value = getattr(getattr(getattr(model, "head", None), "classification_head", None), "num_classes", None)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def class_layers(self, model: nn.Module) -> tuple[list[ClassLayer], list[AttrUpdate]]:
+        """The classification head's ``cls_logits`` (``anchor * num_classes + class``) and its ``num_classes``."""
+        head = need_layer(model, CLS, (RetinaNetClassificationHead, FCOSClassificationHead), "a classification head")
+        logits = need_layer(model, f"{CLS}.cls_logits", (nn.Conv2d,), "the class-logits conv")
+        anchors, classes = int_attr(head, "num_anchors"), int_attr(head, "num_classes")
+        out = int_attr(logits, "out_channels")
+        if out != anchors * classes:
+            raise ValueError(
+                f"{CLS}.cls_logits has {out} output channels but {CLS} says {anchors} anchors × {classes} classes = "
+                f"{anchors * classes}; fix that mismatch (surgery.check reports it) before changing the class count"
+            )
+        return (
+            [ClassLayer(f"{CLS}.cls_logits", CLS, anchors, 1, classes, prior_init,
+                        f"normal_(std=0.01) weights, bias -log((1 - {_PRIOR}) / {_PRIOR})")],
+            [AttrUpdate(CLS, "num_classes")],
+        )
+
+    def backbone_body(self, model: nn.Module) -> tuple[str, nn.Module]:
+        if paths.exists(model, "backbone.body"):
+            return "backbone.body", paths.get(model, "backbone.body")
+        return super().backbone_body(model)
 
     def declared_slots(self, model: nn.Module) -> list[Slot]:
         return [

@@ -6,9 +6,14 @@ from collections.abc import Iterable
 
 from torch import nn
 from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteClassificationHead
 
+from surgery import paths
 from surgery.anatomy._backbone import backbone_features
-from surgery.anatomy._base import Anatomy, Context, Contract, Features, Flow, Slot, feed, finding
+from surgery.anatomy._base import AttrUpdate, ClassLayer, Context, Contract, Features, Slot
+from surgery.anatomy._detection import DetectionAnatomy
+from surgery.anatomy._feed import Flow, feed, finding
+from surgery.anatomy._layers import int_attr, need_layer, normal_init, xavier_init
 from surgery.findings import Finding
 from surgery.signature import output_signature
 
@@ -18,10 +23,48 @@ CLS = "head.classification_head"
 REG = "head.regression_head"
 
 
-class SSDAnatomy(Anatomy):
+class SSDAnatomy(DetectionAnatomy):
     """SSD300 (VGG16) and SSDlite320 (MobileNetV3)."""
 
     name = "SSD"
+    class_slot = CLS
+    box_slot = REG
+
+    def loss_keys(self, model: nn.Module) -> tuple[str, ...]:
+        return ("bbox_regression", "classification")
+
+    def loss_slots(self, model: nn.Module) -> dict[str, str]:
+        return {"classification": CLS, "bbox_regression": REG}
+
+    def num_classes(self, model: nn.Module) -> int | None:
+        value = getattr(getattr(getattr(model, "head", None), "classification_head", None), "num_columns", None)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def class_layers(self, model: nn.Module) -> tuple[list[ClassLayer], list[AttrUpdate]]:
+        """The per-map convs of ``head.classification_head.module_list`` and its ``num_columns``."""
+        head = paths.get(model, CLS)
+        columns = getattr(head, "num_columns", None)
+        module_list = head._modules.get("module_list")
+        if not isinstance(columns, int) or not isinstance(module_list, nn.ModuleList):
+            raise ValueError(
+                f"set_num_classes() rebuilds the convs of {CLS}.module_list, but {CLS} is a {type(head).__name__} "
+                "without module_list / num_columns (SSDClassificationHead's layout)"
+            )
+        lite = isinstance(head, SSDLiteClassificationHead)
+        layers = []
+        for i in range(len(module_list)):
+            path = f"{CLS}.module_list.{i}.1" if lite else f"{CLS}.module_list.{i}"
+            conv = need_layer(model, path, (nn.Conv2d,), "a class-logits conv")
+            out = int_attr(conv, "out_channels")
+            if out % columns:
+                raise ValueError(
+                    f"{path} outputs {out} channels, not a multiple of {CLS}.num_columns = {columns}; "
+                    "fix that mismatch (surgery.check reports it) before changing the class count"
+                )
+            # SSDlite: torchvision's ssdlite._normal_init; SSD300: ssd._xavier_init
+            init, name = (normal_init(0.03), "normal_(std=0.03) weights, zero bias") if lite else (xavier_init, "xavier_uniform_ weights, zero bias")
+            layers.append(ClassLayer(path, CLS, out // columns, 1, columns, init, name))
+        return layers, [AttrUpdate(CLS, "num_columns")]
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

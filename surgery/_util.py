@@ -1,0 +1,183 @@
+"""Small helpers shared across the package; one home each.
+
+Nothing here knows a model family. Every layer may import this module; it imports only
+torch and :mod:`surgery._errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from surgery._errors import NotAModuleError
+
+__all__ = [
+    "first_line",
+    "first_lines",
+    "device_of",
+    "sync",
+    "fmt_bytes",
+    "require_module",
+    "check_int",
+    "tensors_in",
+    "all_finite",
+    "ModuleStack",
+]
+
+
+def first_line(error: BaseException | str | None) -> str:
+    """The first line of an exception's (or a text's) message; the exception's type name when it has none."""
+    text = str(error).strip() if error is not None else ""
+    if text:
+        return text.splitlines()[0]
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
+def first_lines(text: str, limit: int = 600) -> str:
+    """Up to six non-empty lines of ``text`` joined into one, cut at ``limit`` characters."""
+    text = " ".join(line.strip() for line in text.strip().splitlines()[:6] if line.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def device_of(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """``device`` when given, else the device of the model's first parameter (or buffer), else CPU.
+
+    Raises:
+        ValueError: ``device`` is not a device or a device string.
+    """
+    if device is not None:
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be a torch.device or a string such as 'cpu' or 'cuda:0', got {device!r}") from e
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only), so that timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fmt_bytes(n: int) -> str:
+    """``n`` bytes in B, KiB, MiB or GiB (``"1.50 MiB"``), with a sign when negative."""
+    sign = "-" if n < 0 else ""
+    value = float(abs(n))
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.2f} {unit}"
+        value /= 1024
+    return f"{sign}{value:.2f} GiB"
+
+
+def require_module(value: object, what: str) -> nn.Module:
+    """``value`` itself when it is an ``nn.Module``.
+
+    Args:
+        value: What the caller was given.
+        what: Who needs it, e.g. ``"check()"`` or ``"before"``.
+
+    Raises:
+        NotAModuleError: ``value`` is not an ``nn.Module``; the message names its type.
+    """
+    if not isinstance(value, nn.Module):
+        kind = type(value)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        raise NotAModuleError(f"{what} takes an nn.Module, got {name}")
+    return value
+
+
+def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` when it is an int (never a bool) within ``[minimum, maximum]``.
+
+    Raises:
+        ValueError: It is not an int, is a bool, or lies outside the range; the message names
+            the argument, the value and the range.
+    """
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if number is None or (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        if minimum is not None and maximum is not None:
+            allowed = f"an int in {minimum}..{maximum}"
+        elif minimum is not None:
+            allowed = f"an int >= {minimum}"
+        elif maximum is not None:
+            allowed = f"an int <= {maximum}"
+        else:
+            allowed = "an int"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return number
+
+
+def tensors_in(value: Any, depth: int = 0) -> Iterator[Tensor]:
+    """Every tensor inside ``value``: through dicts, lists, tuples and ``ImageList``-like ``.tensors``."""
+    if isinstance(value, Tensor):
+        yield value
+    elif depth < 6 and isinstance(value, Mapping):
+        for v in value.values():
+            yield from tensors_in(v, depth + 1)
+    elif depth < 6 and isinstance(value, (list, tuple)):
+        for v in value:
+            yield from tensors_in(v, depth + 1)
+    elif depth < 6 and isinstance(getattr(value, "tensors", None), Tensor):
+        yield value.tensors
+
+
+def all_finite(value: Any) -> bool:
+    """True when every floating-point tensor inside ``value`` is free of NaN and Inf."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors_in(value) if t.is_floating_point() and t.numel())
+
+
+class ModuleStack:
+    """Forward hooks on every module of a model that keep the stack of modules running.
+
+    Used as a context manager: the hooks exist only inside the block. After a forward that
+    raised, :meth:`innermost` names the module that was running. With ``watch_finite``, the
+    first module whose output holds NaN/Inf is remembered in :attr:`nonfinite`.
+    """
+
+    def __init__(self, model: nn.Module, *, watch_finite: bool = False) -> None:
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.model = model
+        self.stack: list[nn.Module] = []
+        self.handles: list[Any] = []
+        self.nonfinite: str | None = None
+        self.watch_finite = watch_finite
+
+    def __enter__(self) -> ModuleStack:
+        self.stack.clear()
+        for m in self.model.modules():
+            if isinstance(m, torch.jit.ScriptModule):
+                continue
+            self.handles.append(m.register_forward_pre_hook(self._push))
+            self.handles.append(m.register_forward_hook(self._pop))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _push(self, module: nn.Module, args: Any) -> None:
+        self.stack.append(module)
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        while self.stack:
+            if self.stack.pop() is module:
+                break
+        if self.watch_finite and self.nonfinite is None and not all_finite(output):
+            self.nonfinite = self.path(module)
+
+    def path(self, module: nn.Module) -> str:
+        """The dotted path of ``module`` in the model (``""`` for the root or an unknown module)."""
+        return self.names.get(id(module), "")
+
+    def innermost(self) -> str | None:
+        """Dotted path of the innermost module still running (None when it raised outside modules)."""
+        return self.path(self.stack[-1]) if self.stack else None
