@@ -77,20 +77,23 @@ def fmt_bytes(n: int) -> str:
     return f"{sign}{value:.2f} GiB"
 
 
-def require_module(value: object, what: str) -> nn.Module:
-    """``value`` itself when it is an ``nn.Module``.
+def require_module(value: object, where: str, name: str = "model") -> nn.Module:
+    """``value`` itself when it is an ``nn.Module``; the one check every public call makes.
 
     Args:
         value: What the caller was given.
-        what: Who needs it, e.g. ``"check()"`` or ``"before"``.
+        where: The call that needs it, e.g. ``"check()"``.
+        name: What ``value`` is to that call, e.g. ``"model"``, ``"before"`` or
+            ``"the replacement for 'roi_heads.mask_head'"``.
 
     Raises:
-        NotAModuleError: ``value`` is not an ``nn.Module``; the message names its type.
+        NotAModuleError: ``value`` is not an ``nn.Module``. The message reads
+            ``"check(): model must be an nn.Module, got dict"``.
     """
     if not isinstance(value, nn.Module):
         kind = type(value)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-        raise NotAModuleError(f"{what} takes an nn.Module, got {name}")
+        shown = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        raise NotAModuleError(f"{where}: {name} must be an nn.Module, got {shown}")
     return value
 
 

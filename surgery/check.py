@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from torch import nn
 
 from surgery import paths as _paths
-from surgery._errors import NotAModuleError
 from surgery._orphans import find_orphans
+from surgery._util import require_module
 from surgery.anatomy import Contract, anatomy_for
 from surgery.anatomy._base import Context
 from surgery.findings import Finding, Report
@@ -53,8 +53,7 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
         NotAModuleError: ``model`` is not an ``nn.Module``.
         PathError: A name in ``paths`` is not a submodule of the model.
     """
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(f"check() takes an nn.Module, got {type(model).__name__}")
+    require_module(model, "check()")
     if not isinstance(probe_image_size, int) or probe_image_size < 32:
         raise ValueError(f"probe_image_size must be an int >= 32, got {probe_image_size!r}")
     wanted = list(paths) if paths is not None else None

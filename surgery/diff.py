@@ -42,9 +42,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from surgery._errors import NotAModuleError
 from surgery._state import preserved
-from surgery._util import device_of, first_line, sync
+from surgery._util import device_of, first_line, require_module, sync
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.overview import count_params, human
 from surgery.render import Change, module_changes, slot_changes
@@ -428,9 +427,8 @@ def diff(
         NotAModuleError: ``before`` or ``after`` is not an ``nn.Module``.
         ValueError: ``image_size``, ``batch_size`` or ``runs`` is out of range.
     """
-    for name, value in (("before", before), ("after", after)):
-        if not isinstance(value, nn.Module):
-            raise NotAModuleError(f"diff() takes two nn.Modules; {name} is a {type(value).__name__}")
+    require_module(before, "diff()", "before")
+    require_module(after, "diff()", "after")
     for name, number, low in (("image_size", image_size, 32), ("batch_size", batch_size, 1), ("runs", runs, 1)):
         if isinstance(number, bool) or not isinstance(number, int) or number < low:
             raise ValueError(f"{name} must be an int >= {low}, got {number!r}")

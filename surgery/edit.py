@@ -41,7 +41,7 @@ from torch import nn
 
 from surgery import paths
 from surgery._classes import ClassChange, KeepSpec, resize_classes
-from surgery._errors import IncompatibleError, NotAModuleError, PathError
+from surgery._errors import IncompatibleError, PathError
 from surgery._util import require_module
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.anatomy._backbone import backbone_features
@@ -455,10 +455,7 @@ class Transaction:
         return result if adapt else result.old
 
     def _replace(self, path: str, new: nn.Module, adapt: bool) -> EditResult:
-        if not isinstance(new, nn.Module):
-            raise NotAModuleError(
-                f"the replacement for {path!r} must be a torch.nn.Module, got {type(new).__module__}.{type(new).__qualname__}"
-            )
+        require_module(new, "replace()", f"the replacement for {path!r}")
         old = _slot_content(self.model, path)
         rule = self.anatomy.adapt_rule(self.model, path) if adapt else None
         result = EditResult(path=path, old=old, new=new)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from surgery import paths
-from surgery._errors import NotAModuleError
+from surgery._util import require_module
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.signature import Signature
 
@@ -89,8 +89,7 @@ def components(model: nn.Module) -> list[Component]:
     Returns:
         One :class:`Component` per present slot, in data-flow order.
     """
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(f"components() takes an nn.Module, got {type(model).__name__}")
+    require_module(model, "components()")
     anatomy = anatomy_for(model)
     out = []
     for slot in anatomy.slots(model):
@@ -202,8 +201,7 @@ def inspect(model: nn.Module, input_size: tuple[int, ...] | None = None, depth: 
     Raises:
         ValueError: ``depth`` is negative or ``input_size`` is not a tuple of positive ints.
     """
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(f"inspect() takes an nn.Module, got {type(model).__name__}")
+    require_module(model, "inspect()")
     if not isinstance(depth, int) or depth < 0:
         raise ValueError(f"depth must be an int >= 0, got {depth!r}")
     anatomy = anatomy_for(model)

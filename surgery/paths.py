@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from surgery._errors import NotAModuleError, PathError
+from surgery._errors import PathError
+from surgery._util import require_module
 
 __all__ = ["get", "set", "delete", "exists", "iter_paths", "split", "join", "parent_of"]
 
@@ -142,7 +143,7 @@ def _missing(root: nn.Module, path: str, segments: list[str], i: int, parent: nn
 
 def _walk(model: nn.Module, path: str) -> tuple[nn.Module, str, list[str]]:
     """Resolve all but the last segment. Returns (parent, last_key_or_segment, segments)."""
-    _require_module(model, "model")
+    require_module(model, "paths")
     segments = split(path)
     if not segments:
         raise PathError(
@@ -168,11 +169,6 @@ def _walk(model: nn.Module, path: str) -> tuple[nn.Module, str, list[str]]:
     return node, segments[-1], segments
 
 
-def _require_module(value: object, what: str) -> None:
-    if not isinstance(value, nn.Module):
-        raise NotAModuleError(f"{what} must be a torch.nn.Module, got {type(value).__module__}.{type(value).__qualname__}")
-
-
 def get(model: nn.Module, path: str) -> nn.Module:
     """Return the submodule at ``path`` (``""`` returns the model itself).
 
@@ -187,7 +183,7 @@ def get(model: nn.Module, path: str) -> nn.Module:
         PathError: A segment is not a registered submodule, or the slot is empty (None).
     """
     if path == "":
-        _require_module(model, "model")
+        require_module(model, "paths")
         return model
     parent, last, segments = _walk(model, path)
     key = _child_key(parent, last)
@@ -233,7 +229,7 @@ def set(model: nn.Module, path: str, module: nn.Module) -> nn.Module | None:  # 
         NotAModuleError: ``module`` is not an ``nn.Module``.
         PathError: ``path`` does not name an existing submodule or empty slot.
     """
-    _require_module(module, f"the replacement for {path!r}")
+    require_module(module, "paths.set()", f"the replacement for {path!r}")
     parent, last, segments = _walk(model, path)
     key = _child_key(parent, last)
     if key is not None:
@@ -275,7 +271,7 @@ def iter_paths(model: nn.Module) -> Iterator[str]:
 
     A module registered under two names is yielded once, under its first name.
     """
-    _require_module(model, "model")
+    require_module(model, "paths")
     for p, _ in model.named_modules():
         if p:
             yield p

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from torch import nn
 
 from surgery import paths as _paths
-from surgery._errors import NotAModuleError, RenderError
+from surgery._errors import RenderError
+from surgery._util import require_module
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.findings import Finding
 from surgery.overview import Component, components, count_params, human
@@ -1253,10 +1254,9 @@ def render(
         RenderError: An image was asked for and Graphviz's ``dot`` is missing (the DOT text is
             then written beside it) or failed.
     """
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(f"render() takes an nn.Module, got {type(model).__name__}")
-    if before is not None and not isinstance(before, nn.Module):
-        raise NotAModuleError(f"before must be an nn.Module or None, got {type(before).__name__}")
+    require_module(model, "render()")
+    if before is not None:
+        require_module(before, "render()", "before")
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     if depth is not None:

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torchvision.models.detection.image_list import ImageList
 
-from surgery._errors import IncompatibleError, NotAModuleError
+from surgery._errors import IncompatibleError
 from surgery._state import preserved
-from surgery._util import device_of, first_line
+from surgery._util import device_of, first_line, require_module
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.findings import Finding, Severity
 from surgery.synthetic import synthetic_batch
@@ -546,8 +546,7 @@ def _rng_devices(model: nn.Module) -> list[int]:
 
 
 def _validate(model: Any, depth: Any, image_size: Any, batch_size: Any, seed: Any, backward: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(f"trace() takes an nn.Module, got {type(model).__name__}")
+    require_module(model, "trace()")
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
         raise ValueError(f"depth must be None or an int >= 0, got {depth!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:

@@ -879,7 +879,7 @@ def test_bad_arguments_are_refused(bases: Callable[[str], nn.Module]) -> None:
     model = bases("maskrcnn")
     with pytest.raises(surgery.PathError, match="mask_hed"):
         surgery.check(model, paths=["roi_heads.mask_hed"])
-    with pytest.raises(surgery.NotAModuleError, match="check\\(\\) takes an nn.Module, got dict"):
+    with pytest.raises(surgery.NotAModuleError, match="check\\(\\): model must be an nn.Module, got dict"):
         surgery.check({"not": "a model"})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="probe_image_size must be an int >= 32, got 8"):
         surgery.check(model, probe_image_size=8)

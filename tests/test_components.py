@@ -137,7 +137,7 @@ def test_component_to_dict_and_str(maskrcnn: nn.Module) -> None:
 
 
 def test_components_rejects_a_non_module() -> None:
-    with pytest.raises(NotAModuleError, match=r"components\(\) takes an nn.Module, got dict"):
+    with pytest.raises(NotAModuleError, match=r"components\(\): model must be an nn.Module, got dict"):
         components({"backbone": None})  # type: ignore[arg-type]
 
 
@@ -256,5 +256,5 @@ def test_inspect_bad_input_size(shared: Callable[..., nn.Module], input_size: ob
 
 
 def test_inspect_rejects_a_non_module() -> None:
-    with pytest.raises(NotAModuleError, match=r"inspect\(\) takes an nn.Module, got str"):
+    with pytest.raises(NotAModuleError, match=r"inspect\(\): model must be an nn.Module, got str"):
         inspect("maskrcnn")  # type: ignore[arg-type]

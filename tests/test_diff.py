@@ -209,7 +209,7 @@ def test_progress_bar() -> None:
 
 
 def test_argument_errors(maskrcnn: nn.Module) -> None:
-    with pytest.raises(NotAModuleError, match="diff\\(\\) takes two nn.Modules; after is a str"):
+    with pytest.raises(NotAModuleError, match="diff\\(\\): after must be an nn.Module, got str"):
         surgery.diff(maskrcnn, "model")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="image_size must be an int >= 32, got 16"):
         surgery.diff(maskrcnn, maskrcnn, image_size=16)

@@ -348,7 +348,7 @@ def test_root_cannot_be_set_or_deleted(scratch: nn.Module, operation: str) -> No
 def test_non_string_path_and_non_module_model(maskrcnn: nn.Module) -> None:
     with pytest.raises(TypeError, match=r"path must be a str like 'roi_heads.mask_head', got int 3"):
         paths.get(maskrcnn, 3)  # type: ignore[arg-type]
-    with pytest.raises(NotAModuleError, match=r"model must be a torch.nn.Module, got builtins.dict"):
+    with pytest.raises(NotAModuleError, match=r"paths: model must be an nn.Module, got dict"):
         paths.get({"roi_heads": 1}, "roi_heads")  # type: ignore[arg-type]
 
 
@@ -357,11 +357,11 @@ def test_non_string_path_and_non_module_model(maskrcnn: nn.Module) -> None:
 
 @pytest.mark.parametrize(
     ("value", "type_name"),
-    [(torch.zeros(3), "torch.Tensor"), (3, "builtins.int"), (None, "builtins.NoneType"), (nn.Conv2d, "builtins.type")],
+    [(torch.zeros(3), "torch.Tensor"), (3, "int"), (None, "NoneType"), (nn.Conv2d, "type")],
 )
 def test_non_module_replacement_is_a_type_error(scratch: nn.Module, value: object, type_name: str) -> None:
     before = snapshot(scratch)
-    with pytest.raises(NotAModuleError, match=rf"the replacement for 'roi_heads.mask_head' must be a torch.nn.Module, got {type_name}$") as info:
+    with pytest.raises(NotAModuleError, match=rf"paths.set\(\): the replacement for 'roi_heads.mask_head' must be an nn.Module, got {type_name}$") as info:
         paths.set(scratch, "roi_heads.mask_head", value)  # type: ignore[arg-type]
     assert isinstance(info.value, TypeError)
     assert snapshot(scratch) == before

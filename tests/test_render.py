@@ -480,9 +480,9 @@ def test_cli_render_exits_1_on_a_broken_model(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_argument_errors(maskrcnn: nn.Module, tmp_path: Path) -> None:
-    with pytest.raises(NotAModuleError, match=r"render\(\) takes an nn.Module, got str"):
+    with pytest.raises(NotAModuleError, match=r"render\(\): model must be an nn.Module, got str"):
         surgery.render("model")  # type: ignore[arg-type]
-    with pytest.raises(NotAModuleError, match="before must be an nn.Module or None, got int"):
+    with pytest.raises(NotAModuleError, match="render\\(\\): before must be an nn.Module, got int"):
         surgery.render(maskrcnn, before=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"level must be one of \('components', 'modules'\), got 'layers'"):
         surgery.render(maskrcnn, level="layers")

@@ -435,7 +435,7 @@ def test_bad_arguments_are_value_errors(kwargs: dict[str, Any], match: str) -> N
 
 
 def test_not_a_module() -> None:
-    with pytest.raises(surgery.NotAModuleError, match=r"smoke_test\(\) takes an nn.Module, got dict"):
+    with pytest.raises(surgery.NotAModuleError, match=r"smoke_test\(\): model must be an nn.Module, got dict"):
         smoke_test({})  # type: ignore[arg-type]
 
 

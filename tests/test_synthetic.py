@@ -131,7 +131,7 @@ def test_bad_arguments_are_refused(kwargs: dict[str, object], match: str) -> Non
 
 
 def test_not_a_module_is_refused() -> None:
-    with pytest.raises(surgery.NotAModuleError, match=r"synthetic_batch\(\) takes an nn\.Module, got list"):
+    with pytest.raises(surgery.NotAModuleError, match=r"synthetic_batch\(\): model must be an nn\.Module, got list"):
         surgery.synthetic_batch([1, 2])  # type: ignore[arg-type]
 
 

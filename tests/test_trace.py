@@ -550,7 +550,7 @@ def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: st
 
 
 def test_not_a_module() -> None:
-    with pytest.raises(surgery.NotAModuleError, match=r"trace\(\) takes an nn\.Module, got str"):
+    with pytest.raises(surgery.NotAModuleError, match=r"trace\(\): model must be an nn\.Module, got str"):
         surgery.trace("model")  # type: ignore[arg-type]
 
 

@@ -389,8 +389,8 @@ class Anatomy:
             ValueError: The family has no rule for ``path``.
         """
         raise ValueError(
-            f"{path!r} of {type(model).__name__} ({self.name} family) has no adapt rule. Rebuild its consumers yourself "
-            "inside `with surgery.edit(model) as e:` and the whole change is checked once at the end"
+            f"adapt knows no rule of the {self.name} family for {path!r}: {path!r} of {type(model).__name__} has no such rule. "
+            "Rebuild its consumers yourself inside `with surgery.edit(model) as e:` and the whole change is checked once at the end"
         )
 
     def consumers(self, model: nn.Module, path: str) -> list[str]:
@@ -413,13 +413,17 @@ class Anatomy:
     # ----------------------------------------------------------------------- freezing
 
     def backbone_body(self, model: nn.Module) -> tuple[str, nn.Module]:
-        """``(path, module)`` of the backbone body that ``freeze_backbone_layers`` works on.
+        """``(path, module)`` of the backbone body that ``freeze_backbone_layers`` works on:
+        ``backbone.body`` (torchvision's ``BackboneWithFPN``) or ``body``.
 
         Raises:
-            ValueError: The family has no backbone body.
+            ValueError: The model has no backbone body.
         """
+        for path in ("backbone.body", "body"):
+            if paths.exists(model, path):
+                return path, paths.get(model, path)
         raise ValueError(
-            f"freeze_backbone_layers() works on models with a backbone body (torchvision's BackboneWithFPN); "
+            f"freeze_backbone_layers() works on models with a 'backbone.body' (torchvision's BackboneWithFPN); "
             f"{type(model).__name__} has none"
         )
 

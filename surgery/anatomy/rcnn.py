@@ -53,10 +53,6 @@ def _child(module: nn.Module, name: str, kind: type[nn.Module]) -> nn.Module | N
     return child if isinstance(child, kind) else None
 
 
-#: Bodies of torchvision's ResNet and MobileNet FPN backbones, as ``freeze_backbone_layers`` reads them.
-_BODY_PATHS = ("backbone.body", "body")
-
-
 class RCNNAnatomy(DetectionAnatomy):
     """Faster / Mask / Keypoint R-CNN."""
 
@@ -241,12 +237,6 @@ class RCNNAnatomy(DetectionAnatomy):
             if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
                 return int(child.in_channels)
         return None
-
-    def backbone_body(self, model: nn.Module) -> tuple[str, nn.Module]:
-        for path in _BODY_PATHS:
-            if paths.exists(model, path):
-                return path, paths.get(model, path)
-        return super().backbone_body(model)
 
     def flow_label(self, model: nn.Module, src: str, dst: str) -> str | None:
         consumer = paths.get(model, dst) if paths.exists(model, dst) else None

@@ -8,7 +8,6 @@ from torch import nn
 from torchvision.models.detection.fcos import FCOSClassificationHead
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
 
-from surgery import paths
 from surgery.anatomy._backbone import anchor_maps_findings, backbone_contracts_findings, backbone_features
 from surgery.anatomy._base import AttrUpdate, ClassLayer, Context, Contract, Features, Slot, is_stock
 from surgery.anatomy._detection import DetectionAnatomy
@@ -64,11 +63,6 @@ class DenseAnatomy(DetectionAnatomy):
                         f"normal_(std=0.01) weights, bias -log((1 - {_PRIOR}) / {_PRIOR})")],
             [AttrUpdate(CLS, "num_classes")],
         )
-
-    def backbone_body(self, model: nn.Module) -> tuple[str, nn.Module]:
-        if paths.exists(model, "backbone.body"):
-            return "backbone.body", paths.get(model, "backbone.body")
-        return super().backbone_body(model)
 
     def declared_slots(self, model: nn.Module) -> list[Slot]:
         return [
