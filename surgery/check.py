@@ -9,9 +9,10 @@ from torch import nn
 from surgery import paths as _paths
 from surgery._orphans import find_orphans
 from surgery._util import require_module
-from surgery.anatomy import Contract, anatomy_for
+from surgery.anatomy import Anatomy, Contract, anatomy_for
 from surgery.anatomy._base import Context
-from surgery.findings import Finding, Report
+from surgery.findings import Coverage, Finding, Report
+from surgery.probe import ModelProbe, probe_model
 
 __all__ = ["check"]
 
@@ -32,8 +33,11 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
     """Check that the components of ``model`` fit each other.
 
     Runs every contract of the model's family (channels, features, anchors, classes, feature
-    map names), meta-device probes of custom modules, and static orphan detection. Nothing
-    about the model changes: no weights are allocated, no hooks are left, no flag moves.
+    map names), meta-device probes of custom modules, the whole-model meta probe (the entire
+    forward on ``torch.device("meta")``, for every model that can run there), and static
+    orphan detection. ``report.coverage`` says which slots each of these covered and which
+    none did. Nothing about the model changes: no weights are allocated, no hooks are left,
+    no flag moves.
 
     Args:
         model: The model to check.
@@ -64,6 +68,7 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
     anatomy = anatomy_for(model)
     ctx = Context(model, probe_image_size=probe_image_size)
     report = Report(model=type(model).__name__)
+    ran: list[Contract] = []
     for contract in anatomy.contracts(model):
         if wanted is not None and not _touches(contract, wanted):
             continue
@@ -71,15 +76,56 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
             continue
         report.checked.append(contract.name)
         report.extend(_run(contract, ctx))
+        ran.append(contract)
+    probe = _whole_probe(model, anatomy, probe_image_size, report, wanted)
     slot_paths = [s.path for s in anatomy.declared_slots(model)]
     report.checked.append("static orphan detection")
     report.extend(find_orphans(model, slot_paths))
+    report.coverage = _coverage(model, anatomy, ran, probe)
     if trace:
         from surgery.trace import trace_findings
 
         report.checked.append("trace (eval pass + train step with backward)")
         report.extend(trace_findings(model, image_size=probe_image_size, known=report.findings))
     return report
+
+
+def _whole_probe(model: nn.Module, anatomy: Anatomy, image_size: int, report: Report, wanted: list[str] | None) -> ModelProbe:
+    """Run the whole-model meta probe (where the family allows it) and add its finding.
+
+    A probe failure already explained by a contract's error on the same modules is not
+    repeated; with ``wanted``, only a failure touching those slots is reported.
+    """
+    if anatomy.no_whole_probe is not None:
+        return ModelProbe("skipped", anatomy.no_whole_probe)
+    probe = probe_model(model, anatomy, image_size)
+    if probe.status != "skipped":
+        report.checked.append(f"whole-model meta probe ({probe.input})")
+    found = probe.finding
+    if found is not None:
+        explained = any(f.severity == "error" and set(f.paths) & set(found.paths) for f in report.findings)
+        relevant = wanted is None or any(_near(p, w) for p in found.paths for w in wanted)
+        if relevant and not explained:
+            report.extend([found])
+    return probe
+
+
+def _near(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _coverage(model: nn.Module, anatomy: Anatomy, ran: list[Contract], probe: ModelProbe) -> Coverage:
+    slots: dict[str, tuple[str, ...]] = {}
+    for slot in anatomy.slots(model):
+        ways = []
+        if any(c.checks(slot.path) for c in ran):
+            ways.append("contracts")
+        if probe.covers(slot.path):
+            ways.append("probe")
+        slots[slot.path] = tuple(ways)
+    note = probe.reason if probe.status in ("stopped", "skipped") else f"fed {probe.input}" if probe.input else ""
+    specific = anatomy.knows_model or probe.status in ("ran", "raised") or any(slots.values())
+    return Coverage(anatomy.name, slots, probe.status, note, specific)
 
 
 def _is_empty_slot(model: nn.Module, path: str) -> bool:

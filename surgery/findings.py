@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from surgery._errors import IncompatibleError
 
-__all__ = ["CODES", "Finding", "Report", "Severity"]
+__all__ = ["CODES", "Coverage", "Finding", "Report", "Severity"]
 
 Severity = Literal["error", "warning", "info"]
 
@@ -22,6 +22,7 @@ CODES: dict[str, str] = {
     "unused-parameter": "a trainable parameter that gets no gradient from a train step",
     "shape-error": "a probe or forward pass raised",
     "non-finite": "a loss or output is NaN/Inf",
+    "not-exercised": "a slot with parameters never ran in a phase, so that phase proved nothing about it",
 }
 _SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
 
@@ -73,6 +74,63 @@ class Finding:
 
 
 @dataclass
+class Coverage:
+    """What a check could and could not look at.
+
+    Attributes:
+        family: The anatomy that matched (``"generic"`` when no family knows the model).
+        slots: Every slot of the model, each with how its fit was checked: ``"contracts"``
+            (the family's static contracts), ``"probe"`` (the whole-model meta probe ran it);
+            an empty tuple when nothing checked it.
+        probe: The whole-model probe's status: ``"ran"``, ``"raised"``, ``"stopped"``,
+            ``"skipped"`` or ``"not run"``.
+        probe_note: Why the probe stopped or was skipped, what it was fed.
+        specific: False when nothing specific to this model could be checked.
+    """
+
+    family: str
+    slots: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    probe: str = "not run"
+    probe_note: str = ""
+    specific: bool = True
+
+    def by(self, how: str) -> list[str]:
+        """The slots checked by ``how`` (``"contracts"`` or ``"probe"``)."""
+        return [s for s, ways in self.slots.items() if how in ways]
+
+    @property
+    def unchecked(self) -> list[str]:
+        """The slots nothing checked."""
+        return [s for s, ways in self.slots.items() if not ways]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "slots": {s: list(ways) for s, ways in self.slots.items()},
+            "probe": self.probe,
+            "probe_note": self.probe_note,
+            "specific": self.specific,
+            "unchecked": self.unchecked,
+        }
+
+    def __str__(self) -> str:
+        probe = {
+            "ran": "ran end to end",
+            "raised": "raised, see the findings",
+            "stopped": f"stopped: {self.probe_note}",
+            "skipped": f"skipped: {self.probe_note}",
+        }.get(self.probe, self.probe)
+        if not self.specific:
+            return (f"coverage: nothing specific to this model could be checked: no family knows it ({self.family} "
+                    f"anatomy) and the whole-model probe {probe}")
+        n = len(self.slots)
+        unchecked = self.unchecked
+        rest = f"unchecked: {', '.join(unchecked)}" if unchecked else "every slot checked"
+        return (f"coverage: {n} slot{'s' if n != 1 else ''} ({self.family} anatomy): {len(self.by('contracts'))} by contracts, "
+                f"{len(self.by('probe'))} by the whole-model probe; {rest}; probe {probe}")
+
+
+@dataclass
 class Report:
     """The result of :func:`surgery.check`.
 
@@ -80,11 +138,13 @@ class Report:
         findings: Every finding, errors first.
         model: A name for the model checked (its class, or the CLI spec).
         checked: Names of the contracts and passes that ran.
+        coverage: What could and could not be checked (set by :func:`surgery.check`).
     """
 
     findings: list[Finding] = field(default_factory=list)
     model: str = ""
     checked: list[str] = field(default_factory=list)
+    coverage: Coverage | None = None
 
     @property
     def errors(self) -> list[Finding]:
@@ -126,6 +186,7 @@ class Report:
             "ok": self.ok,
             "findings": [f.to_dict() for f in self.findings],
             "checked": list(self.checked),
+            "coverage": self.coverage.to_dict() if self.coverage is not None else None,
         }
 
     def format(self, style: str = "text") -> str:
@@ -143,14 +204,21 @@ class Report:
 
     def __str__(self) -> str:
         head = f"surgery check: {self.model or 'model'}: "
+        coverage = [str(self.coverage)] if self.coverage is not None else []
         if not self.findings:
-            return head + f"ok, no findings ({len(self.checked)} checks ran)"
+            if self.coverage is not None and not self.coverage.specific:
+                return "\n".join([head + f"no findings, but nothing specific was checked ({len(self.checked)} generic checks ran)",
+                                  *coverage])
+            return "\n".join([head + f"ok, no findings ({len(self.checked)} checks ran)", *coverage])
         lines = [head + f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)"]
         for sev in _SEVERITIES:
             group = [f for f in self.findings if f.severity == sev]
             if group:
                 lines.append(f"\n{sev.upper()}S" if sev != "info" else "\nINFO")
                 lines.extend(f"  {str(f).replace(chr(10), chr(10) + '  ')}" for f in group)
+        if coverage:
+            lines.append("")
+            lines.extend(coverage)
         return "\n".join(lines)
 
 

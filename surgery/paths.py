@@ -275,3 +275,33 @@ def iter_paths(model: nn.Module) -> Iterator[str]:
     for p, _ in model.named_modules():
         if p:
             yield p
+
+
+def expression(path: str, model: nn.Module | None = None, root: str = "model") -> str:
+    """A Python expression for the submodule at ``path``, as a fix text would write it.
+
+    Index segments become subscripts (``model.layer1[0].relu``), ModuleDict keys become
+    string subscripts (``model.heads["cls"]``), other names attributes. Without ``model``
+    every all-digit segment is taken as an index.
+
+    Args:
+        path: Dotted path, e.g. ``"layer1.0.relu"`` (``""`` for the root).
+        model: The model, to tell ModuleDict keys from indices and attributes.
+        root: The name the expression starts from.
+
+    Returns:
+        The expression, e.g. ``"model.layer1[0].relu"``.
+    """
+    text = root
+    node: nn.Module | None = model
+    for segment in split(path) if path else []:
+        if isinstance(node, nn.ModuleDict):
+            text += f"[{segment!r}]"
+        elif segment.lstrip("-").isdigit() and (node is None or isinstance(node, _INDEXED)):
+            text += f"[{segment}]"
+        elif segment.isidentifier():
+            text += f".{segment}"
+        else:
+            text += f".get_submodule({segment!r})"
+        node = node._modules.get(segment) if node is not None and segment in node._modules else None
+    return text

@@ -825,7 +825,7 @@ def test_raise_for_errors_is_silent_with_warnings_only(shared: Callable[..., nn.
 
 def test_report_to_dict_is_json_ready(mixed_report: surgery.Report) -> None:
     payload = json.loads(json.dumps(mixed_report.to_dict()))
-    assert set(payload) == {"model", "ok", "findings", "checked"}
+    assert set(payload) == {"model", "ok", "findings", "checked", "coverage"}
     assert payload["ok"] is False and payload["model"] == "MaskRCNN"
     assert payload["findings"][0] == {
         "severity": "error",
@@ -919,7 +919,12 @@ SMALL = ("--arg", "backbone_name='resnet18'")
 def test_cli_check_default_model_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "check")
     assert code == 0
-    assert out.strip() == "surgery check: torchvision.models.detection:maskrcnn_resnet50_fpn: ok, no findings (10 checks ran)"
+    assert out.strip().splitlines() == [
+        "surgery check: torchvision.models.detection:maskrcnn_resnet50_fpn: ok, no findings (10 checks ran)",
+        "coverage: 11 slots (R-CNN anatomy): 10 by contracts, 0 by the whole-model probe; unchecked: transform; probe skipped: "
+        "detection post-processing has ops whose output size depends on the data (nonzero, nms), which cannot run on meta; "
+        "the contracts probe each slot instead",
+    ]
 
 
 def test_cli_check_json_on_the_recipe_exits_1_with_both_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -952,7 +957,7 @@ def test_cli_check_github_format(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_check_fixed_example_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "check", f"{EXAMPLE}:fixed", *SMALL)
     assert code == 0
-    assert out.strip().endswith(":fixed: ok, no findings (10 checks ran)")
+    assert out.strip().splitlines()[0].endswith(":fixed: ok, no findings (10 checks ran)")
 
 
 @pytest.mark.parametrize(

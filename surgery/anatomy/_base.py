@@ -60,11 +60,18 @@ class Contract:
         name: Short description, e.g. ``"mask head → mask predictor channels"``.
         paths: The slots it reads, producer first. A contract runs only when all exist.
         run: Produces findings for a model, given the shared :class:`Context`.
+        covers: The slots whose fit it checks (for the report's coverage); None means
+            ``paths`` and every slot inside them.
     """
 
     name: str
     paths: tuple[str, ...]
     run: Callable[[Context], Iterable[Finding]]
+    covers: tuple[str, ...] | None = None
+
+    def checks(self, slot: str) -> bool:
+        """True when this contract checks the fit of ``slot``."""
+        return any(slot == p or slot.startswith(p + ".") for p in (self.paths if self.covers is None else self.covers))
 
 
 def is_stock(module: nn.Module) -> bool:
@@ -211,6 +218,8 @@ class Anatomy:
     name: str = "generic"
     #: False only for the fallback that matches any model and knows nothing of it.
     knows_model: bool = True
+    #: Why the whole-model meta probe is not run for this family (None: it is run).
+    no_whole_probe: str | None = None
     #: True when the forward takes a list of ``3×H×W`` images and, in train mode, targets
     #: (torchvision's detection API), rather than one tensor.
     takes_targets: bool = False
@@ -295,6 +304,29 @@ class Anatomy:
     ) -> SyntheticBatch:
         """A random batch that fits the family (images drawn from ``generator``, a CPU generator)."""
         return SyntheticBatch(torch.rand(batch_size, 3, image_size, image_size, generator=generator).to(device), None)
+
+    def probe_inputs(self, model: nn.Module, image_size: int) -> tuple[Any, ...] | None:
+        """Meta-device positional inputs for the whole-model probe (``surgery.probe``).
+
+        A model no family knows is fed what its first Conv, Linear or Embedding layer reads:
+        ``2×C×S×S`` for a 2-d conv (``2×C×S`` for 1-d, ``2×C×8×S×S`` for 3-d), ``2×F`` for a
+        linear layer, ``2×16`` token ids for an embedding. None when there is no such layer.
+        """
+        for _, m in model.named_modules():
+            weight = getattr(m, "weight", None)
+            if not isinstance(weight, Tensor):
+                continue
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                spatial = {nn.Conv1d: (image_size,), nn.Conv2d: (image_size, image_size), nn.Conv3d: (8, image_size, image_size)}[type(m)]
+                return (meta_like((PROBE_BATCH, int(weight.shape[1]) * m.groups, *spatial)),)
+            if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                spatial = (image_size // 8,) * (weight.dim() - 2)
+                return (meta_like((PROBE_BATCH, int(weight.shape[0]), *spatial)),)
+            if isinstance(m, nn.Linear):
+                return (meta_like((PROBE_BATCH, int(weight.shape[1]))),)
+            if isinstance(m, nn.Embedding):
+                return (meta_like((PROBE_BATCH, 16), dtype=torch.long),)
+        return None
 
     def split_inputs(self, inputs: Any) -> tuple[Any, Any]:
         """``(images, targets)`` of what a user passed to ``trace``; targets None when there are none.

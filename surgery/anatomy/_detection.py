@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from surgery import paths
-from surgery.anatomy._base import Anatomy, SyntheticBatch
+from surgery.anatomy._base import PROBE_BATCH, Anatomy, SyntheticBatch
 from surgery.findings import Finding
+from surgery.signature import meta_like
 
 __all__ = ["DetectionAnatomy", "synthetic_targets"]
 
@@ -101,6 +102,8 @@ class DetectionAnatomy(Anatomy):
     returns a loss dict, ``model(images)`` in eval mode one result dict per image."""
 
     takes_targets = True
+    no_whole_probe = ("detection post-processing has ops whose output size depends on the data (nonzero, nms), "
+                      "which cannot run on meta; the contracts probe each slot instead")
     #: Slot whose outputs decide the labels and scores (for out-of-range labels), and the boxes.
     class_slot: str = "head.classification_head"
     box_slot: str = "head.regression_head"
@@ -133,6 +136,10 @@ class DetectionAnatomy(Anatomy):
         """Synthetic targets that fit ``model`` for images of the given ``(height, width)`` sizes."""
         return synthetic_targets(image_sizes, classes=self.num_classes(model), masks=self.has_masks(model),
                                  keypoints=self.num_keypoints(model), generator=generator, device=device)
+
+    def probe_inputs(self, model: nn.Module, image_size: int) -> tuple[Any, ...] | None:
+        """One list of ``PROBE_BATCH`` meta images of ``3×S×S``."""
+        return ([meta_like((3, image_size, image_size)) for _ in range(PROBE_BATCH)],)
 
     def split_inputs(self, inputs: Any) -> tuple[Any, Any]:
         if isinstance(inputs, SyntheticBatch):

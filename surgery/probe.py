@@ -1,0 +1,232 @@
+"""The whole-model probe: run the entire forward on ``torch.device("meta")``.
+
+Parameters and buffers are swapped for meta stand-ins for the call only, so no weights are
+allocated and nothing of the model changes. Hooks record, for every module that runs, the
+shapes it received and which module produced them. When the forward raises, the probe
+names the module that raised, what it received, the module that produced it, and a fix.
+When it cannot run on meta at all (an op whose output size depends on the data, such as
+``nonzero`` in detection post-processing), it says how far it got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from surgery import paths
+from surgery._state import preserved
+from surgery._util import first_line, tensors_in
+from surgery.anatomy import Anatomy
+from surgery.findings import Finding
+from surgery.signature import Signature, _guard_transposed, _is_probe_limitation, _meta_state, input_signature
+
+__all__ = ["ModelProbe", "probe_model"]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass
+class ModelProbe:
+    """What the whole-model probe saw.
+
+    Attributes:
+        status: ``"ran"`` (the forward completed on meta), ``"raised"`` (the model raised: see
+            ``finding``), ``"stopped"`` (an op could not run on meta; the modules that
+            completed before it are still covered) or ``"skipped"`` (no input could be made).
+        reason: Why it stopped or was skipped, in a few words.
+        input: What it was fed, e.g. ``"2×3×320×320"``.
+        completed: Paths of the modules whose forward completed, in order.
+        finding: The ``channel-mismatch`` or ``shape-error`` finding when the model raised.
+        raised_in: Path of the module that raised (``""`` for the model's own forward).
+        output: The meta output when the forward completed.
+    """
+
+    status: str
+    reason: str = ""
+    input: str = ""
+    completed: list[str] = field(default_factory=list)
+    finding: Finding | None = None
+    raised_in: str | None = None
+    output: Any = None
+
+    def covers(self, path: str) -> bool:
+        """True when the probe checked ``path``: it (or a module inside it) ran to completion,
+        or it is where the probe found the model raising."""
+        if not path:
+            return self.status == "ran"
+        prefix = path + "."
+        ran = (*self.completed, self.raised_in) if self.raised_in else self.completed
+        return any(c == path or c.startswith(prefix) for c in ran)
+
+
+def _describe(value: Any) -> str:
+    shapes = ["×".join(map(str, t.shape)) or "scalar" for t in tensors_in(value)]
+    if not shapes:
+        return type(value).__name__
+    if len(shapes) > 3:
+        return ", ".join(shapes[:3]) + f", … ({len(shapes)} tensors)"
+    return ", ".join(shapes)
+
+
+class _Watch:
+    """Forward hooks that record which module produced each tensor and what each module received."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.stack: list[tuple[str, tuple[Any, ...]]] = []
+        self.producer: dict[int, str] = {}
+        self.alive: list[Tensor] = []  # keeps tagged tensors alive so their ids stay unique
+        self.completed: list[str] = []
+        self.last_leaf: str | None = None
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _Watch:
+        for m in self.model.modules():
+            self.handles.append(m.register_forward_pre_hook(self._pre))
+            self.handles.append(m.register_forward_hook(self._post))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.stack.append((self.names.get(id(module), ""), args))
+
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        path = self.names.get(id(module), "")
+        while self.stack:
+            if self.stack.pop()[0] == path:
+                break
+        for t in tensors_in(output):
+            self.producer[id(t)] = path  # an outer module returning the same tensor takes it over
+            self.alive.append(t)
+        self.completed.append(path)
+        if not module._modules:
+            self.last_leaf = path
+
+    def producer_of(self, args: tuple[Any, ...], consumer: str) -> str | None:
+        """The module whose output ``consumer`` received (the last module to finish when the
+        tensor was made by a plain function in between)."""
+        for t in tensors_in(args):
+            found = self.producer.get(id(t))
+            if found is not None and found != consumer:
+                return found
+        return self.last_leaf
+
+
+def _width(layer: nn.Module, received: Tensor) -> int | None:
+    """The width ``layer`` reads from ``received``: channels (dim 1, or 0 unbatched) for convs
+    and norms, the last dimension for a linear layer."""
+    if received.dim() == 0:
+        return None
+    if isinstance(layer, nn.Linear):
+        return int(received.shape[-1])
+    weight = getattr(layer, "weight", None)
+    batched = not isinstance(layer, _CONV) or not isinstance(weight, Tensor) or received.dim() == weight.dim()
+    if received.dim() < 2 and batched:
+        return None
+    return int(received.shape[1] if batched else received.shape[0])
+
+
+def _rebuilt(layer: nn.Module, width: int) -> str | None:
+    """A constructor call for a layer like ``layer`` that takes ``width``, or None when unknown."""
+    if isinstance(layer, nn.Linear):
+        bias = "" if layer.bias is not None else ", bias=False"
+        return f"nn.Linear({width}, {layer.out_features}{bias})"
+    if isinstance(layer, _CONV):
+        extras = []
+        defaults: dict[str, Any] = {"stride": 1, "padding": 0, "dilation": 1}
+        k = layer.kernel_size
+        extras.append(f"kernel_size={k[0] if len(set(k)) == 1 else k}")
+        for name, default in defaults.items():
+            value = getattr(layer, name)
+            value = value[0] if isinstance(value, tuple) and len(set(value)) == 1 else value
+            if value != default:
+                extras.append(f"{name}={value}")
+        if layer.groups != 1:
+            return None  # a grouped conv's groups must divide the new width: no safe one-liner
+        if layer.bias is None:
+            extras.append("bias=False")
+        return f"nn.{type(layer).__name__}({width}, {layer.out_channels}, {', '.join(extras)})"
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return f"nn.{type(layer).__name__}({width})"
+    return None
+
+
+def _finding(model: nn.Module, watch: _Watch, where: str, args: tuple[Any, ...], error: BaseException) -> Finding:
+    """The finding for a probe that raised in ``where`` after receiving ``args``."""
+    module = model.get_submodule(where) if where else model
+    producer = watch.producer_of(args, where)
+    received = _describe(args)
+    source = f" from {producer or '<model>'} ({type(model.get_submodule(producer)).__name__})" if producer is not None else ""
+    name = where or "<model>"
+    sig: Signature | None = input_signature(module) if where else None
+    first = next(tensors_in(args), None)
+    got = _width(module, first) if first is not None and sig is not None and sig.source == "" else None
+    expected = sig.size if sig is not None and isinstance(sig.size, int) else None
+    involved = tuple(p for p in (producer, where) if p is not None and p != "")
+    if got is not None and expected is not None and got != expected:
+        unit = "features" if sig is not None and sig.kind == "features" else "channels"
+        weight = getattr(module, "weight", None)
+        shape = f" (weight {tuple(weight.shape)})" if isinstance(weight, Tensor) else ""
+        rebuilt = _rebuilt(module, got)
+        fix = (f"{paths.expression(where, model)} = {rebuilt}" if rebuilt
+               else f"rebuild {where} to take {got} {unit}")
+        if producer:
+            fix += f"  # or make {producer} produce {expected} {unit}"
+        return Finding("error", "channel-mismatch", involved,
+                       f"{name} ({type(module).__name__}) expects {expected} input {unit}{shape} but receives {received}{source}, "
+                       f"which has {got}: {type(error).__name__}: {first_line(error)}",
+                       fix)
+    if not where:
+        after = f", after {producer} ({type(model.get_submodule(producer)).__name__}) completed" if producer else ""
+        return Finding("error", "shape-error", (producer,) if producer else (),
+                       f"{type(model).__name__}'s own forward raised {type(error).__name__}{after}: {first_line(error)}",
+                       f"look at {type(model).__name__}.forward where it uses the output of {producer}" if producer else None)
+    return Finding("error", "shape-error", involved or (where,),
+                   f"{name} ({type(module).__name__}) raised {type(error).__name__} when fed {received}{source}: {first_line(error)}",
+                   f"make {where} accept what {producer} produces ({received}), or change {producer}" if producer else None)
+
+
+def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320) -> ModelProbe:
+    """Run the whole forward of ``model`` on meta tensors, in eval mode, and say what happened.
+
+    Args:
+        model: The model (left exactly as it was).
+        anatomy: Its anatomy, which gives the input (:meth:`Anatomy.probe_inputs`).
+        image_size: Side of square image inputs.
+
+    Returns:
+        A :class:`ModelProbe`.
+    """
+    inputs = anatomy.probe_inputs(model, image_size)
+    if inputs is None:
+        return ModelProbe("skipped", "no input could be inferred: the model has no Conv, Linear or Embedding layer to read one from")
+    described = _describe(inputs)
+    state = _meta_state(model)
+    watch = _Watch(model)
+    guards: list[Any] = []
+    with preserved(model):
+        model.eval()
+        try:
+            with torch.no_grad(), watch:
+                guards = _guard_transposed(model)
+                output = functional_call(model, state, inputs, {}, tie_weights=False, strict=False)
+        except Exception as e:  # noqa: BLE001 - any failure inside user code becomes a finding or a stop
+            where, args = watch.stack[-1] if watch.stack else ("", inputs)
+            if _is_probe_limitation(e):
+                return ModelProbe("stopped", f"{where or '<model>'} ran an op that cannot run on meta ({first_line(e)[:80]})",
+                                  described, list(watch.completed))
+            return ModelProbe("raised", f"{where or '<model>'} raised {type(e).__name__}", described, list(watch.completed),
+                              _finding(model, watch, where, args, e), raised_in=where)
+        finally:
+            for h in guards:
+                h.remove()
+    return ModelProbe("ran", "", described, list(watch.completed), output=output)

@@ -1,0 +1,164 @@
+"""The whole-model meta probe and the coverage every report carries."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.segmentation.fcn import FCNHead
+
+import surgery
+from surgery.anatomy import anatomy_for
+from surgery.probe import probe_model
+from tests.helpers import fingerprint
+
+
+class _Reshapes(nn.Module):
+    """A small custom module whose own forward reshapes wrongly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x).view(3, -1, 7)
+
+
+class _NoLayers(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+def test_broken_sequential_names_the_layer_the_shape_and_the_producer() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(32, 4))
+    report = surgery.check(model)
+    assert not report.ok
+    (f,) = report.errors
+    assert (f.code, f.paths) == ("channel-mismatch", ("1", "2"))
+    assert f.message.startswith("2 (Linear) expects 32 input features (weight (4, 32)) but receives 2×16 from 1 (ReLU), which has 16: ")
+    assert f.fix == "model[2] = nn.Linear(16, 4)  # or make 1 produce 32 features"
+    assert report.coverage is not None and report.coverage.probe == "raised"
+
+
+def test_conv_then_wrong_batchnorm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(16))
+    (f,) = surgery.check(model).errors
+    assert (f.code, f.paths, f.fix) == ("channel-mismatch", ("0", "1"), "model[1] = nn.BatchNorm2d(8)  # or make 0 produce 16 channels")
+    assert "1 (BatchNorm2d) expects 16 input channels (weight (16,)) but receives 2×8×318×318 from 0 (Conv2d), which has 8" in f.message
+
+
+def test_a_custom_forward_that_raises_is_a_shape_error_naming_what_ran_before() -> None:
+    (f,) = surgery.check(_Reshapes()).errors
+    assert (f.code, f.paths) == ("shape-error", ("a",))
+    assert f.message == "_Reshapes's own forward raised RuntimeError, after a (Linear) completed: shape '[3, -1, 7]' is invalid for input of size 8"
+    assert f.fix == "look at _Reshapes.forward where it uses the output of a"
+
+
+def test_resnet_with_a_too_wide_fc_is_caught_by_the_probe() -> None:
+    model = torchvision.models.resnet34(weights=None)
+    model.fc = nn.Linear(2048, 10)
+    before = fingerprint(model)
+    report = surgery.check(model)
+    (f,) = report.errors
+    assert (f.code, f.paths) == ("channel-mismatch", ("avgpool", "fc"))
+    assert "fc (Linear) expects 2048 input features (weight (10, 2048)) but receives 2×512 from avgpool (AdaptiveAvgPool2d)" in f.message
+    assert f.fix == "model.fc = nn.Linear(512, 10)  # or make avgpool produce 2048 features"
+    assert fingerprint(model) == before
+
+
+def test_fcn_with_a_head_for_the_wrong_width_is_caught_by_the_probe() -> None:
+    model = torchvision.models.segmentation.fcn_resnet101(weights=None, weights_backbone=None, aux_loss=False)
+    model.classifier = FCNHead(1024, 5)
+    (f,) = surgery.check(model).errors
+    assert (f.code, f.paths) == ("channel-mismatch", ("backbone", "classifier.0"))
+    assert "classifier.0 (Conv2d) expects 1024 input channels (weight (256, 1024, 3, 3)) but receives 2×2048×40×40 from backbone" in f.message
+    assert f.fix == "model.classifier[0] = nn.Conv2d(2048, 256, kernel_size=3, padding=1, bias=False)  # or make backbone produce 1024 channels"
+
+
+def test_a_healthy_model_is_probed_end_to_end_and_says_so() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    report = surgery.check(model)
+    assert report.ok and report.findings == []
+    cov = report.coverage
+    assert cov is not None and cov.probe == "ran" and cov.unchecked == [] and cov.specific
+    assert cov.by("probe") == [n for n, _ in model.named_children()]
+    assert "whole-model meta probe (2×3×320×320)" in report.checked
+    assert str(report).splitlines()[-1] == (
+        "coverage: 10 slots (generic anatomy): 0 by contracts, 10 by the whole-model probe; every slot checked; probe ran end to end"
+    )
+
+
+def test_nothing_checkable_is_never_a_bare_ok() -> None:
+    report = surgery.check(_NoLayers())
+    assert report.ok  # no error: the exit code does not change
+    text = str(report)
+    assert "ok" not in text.splitlines()[0]
+    assert text.splitlines()[0] == "surgery check: _NoLayers: no findings, but nothing specific was checked (1 generic checks ran)"
+    assert text.splitlines()[1] == (
+        "coverage: nothing specific to this model could be checked: no family knows it (generic anatomy) and the whole-model "
+        "probe skipped: no input could be inferred: the model has no Conv, Linear or Embedding layer to read one from"
+    )
+    assert report.coverage is not None and report.coverage.specific is False
+
+
+def test_detection_coverage_names_the_slots_no_contract_covers(shared: Any) -> None:
+    model = shared("fasterrcnn_mobilenet_v3_large_320_fpn")
+    report = surgery.check(model)
+    cov = report.coverage
+    assert cov is not None and cov.probe == "skipped" and cov.family == "R-CNN"
+    assert cov.unchecked == ["transform"]
+    assert set(cov.by("contracts")) == {s.path for s in anatomy_for(model).slots(model)} - {"transform"}
+
+
+def test_coverage_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from surgery.cli import main
+
+    code = main(["check", "torchvision.models:resnet18", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["coverage"]["probe"] == "ran" and payload["coverage"]["unchecked"] == []
+    assert payload["coverage"]["slots"]["fc"] == ["probe"]
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (nn.Sequential(nn.Conv1d(5, 4, 3)), (2, 5, 320)),
+        (nn.Sequential(nn.Conv3d(3, 4, 3)), (2, 3, 8, 320, 320)),
+        (nn.Sequential(nn.Conv2d(6, 12, 3, groups=3)), (2, 6, 320, 320)),
+        (nn.Sequential(nn.Linear(7, 2)), (2, 7)),
+    ],
+)
+def test_the_input_of_an_unknown_model_comes_from_its_first_layer(model: nn.Module, expected: tuple[int, ...]) -> None:
+    (x,) = anatomy_for(model).probe_inputs(model, 320) or ()
+    assert tuple(x.shape) == expected and x.device.type == "meta"
+
+
+def test_an_embedding_model_gets_token_ids() -> None:
+    model = nn.Sequential(nn.Embedding(100, 8), nn.Linear(8, 2))
+    (x,) = anatomy_for(model).probe_inputs(model, 320) or ()
+    assert x.dtype == torch.long and tuple(x.shape) == (2, 16)
+    assert probe_model(model, anatomy_for(model)).status == "ran"
+
+
+def test_the_probe_leaves_no_trace() -> None:
+    model = torchvision.models.resnet18(weights=None).train()
+    before = fingerprint(model)
+    hooks = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+    probe_model(model, anatomy_for(model))
+    assert fingerprint(model) == before
+    assert model.training
+    assert [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()] == hooks
+
+
+def test_replace_rolls_back_a_head_the_probe_rejects() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    old = model.fc
+    with pytest.raises(surgery.IncompatibleError, match=r"fc \(Linear\) expects 2048 input features"):
+        surgery.replace(model, "fc", nn.Linear(2048, 10))
+    assert model.fc is old
