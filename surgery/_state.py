@@ -1,8 +1,21 @@
-"""Snapshot and restore everything a forward pass may disturb ("leave no trace")."""
+"""Save a model's state and put it back: the one place that knows how.
+
+Two depths of the same :class:`Snapshot`:
+
+* ``Snapshot(model)`` (what :func:`preserved` takes): everything a forward pass may disturb
+  ("leave no trace"): train/eval flags, hooks, transform sizes, buffer values (BatchNorm
+  statistics), the device/dtype of every parameter, ``requires_grad`` and ``.grad``.
+* ``Snapshot(model, structure=True)`` (what an edit transaction takes): every module's
+  attributes and one level into its containers (submodules, parameters, buffers, hook dicts,
+  ...), ``requires_grad`` and ``.grad``. Tensor values are not copied (no memory is doubled);
+  :meth:`Snapshot.written_in_place` tells, from the ``_version`` counters, whether anything
+  wrote into them in place.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,29 +35,117 @@ _HOOK_DICTS = (
 )
 _SIZE_ATTRS = ("min_size", "max_size", "fixed_size", "size_divisible")
 
+_Container = dict[Any, Any] | list[Any] | set[Any]
+
+
+def _copy_content(value: _Container) -> Any:
+    if isinstance(value, dict):
+        return list(value.items())
+    if isinstance(value, list):
+        return list(value)
+    return set(value)
+
+
+def _refill(target: _Container, content: Any) -> None:
+    if isinstance(target, list):
+        target[:] = content
+    else:
+        target.clear()
+        target.update(content)
+
 
 class Snapshot:
-    """What :func:`preserved` saves: mode flags, ``requires_grad``, ``.grad``, hooks,
-    transform sizes, buffers (BatchNorm statistics) and the device/dtype of every tensor."""
+    """A model's state, saved now and put back by :meth:`restore`.
 
-    def __init__(self, model: nn.Module) -> None:
+    Args:
+        model: The model to save.
+        structure: False (the default) saves what a forward pass may disturb: mode flags,
+            ``requires_grad``, ``.grad``, hooks, transform sizes, buffer values and the
+            device/dtype of every tensor. True saves what an edit may change: every module's
+            ``__dict__`` and the content of each dict, list or set in it (so the same
+            container objects get their old content back), ``requires_grad``, ``.grad`` and
+            the ``_version`` counter of every parameter and buffer.
+        extra: More modules to save alongside ``model``'s own (e.g. modules an earlier
+            snapshot saw that are no longer in the model).
+
+    Attributes:
+        model: The model saved.
+        modules: Every module saved, each once.
+        params: Every parameter saved, each once.
+    """
+
+    def __init__(self, model: nn.Module, *, structure: bool = False, extra: Iterable[nn.Module] = ()) -> None:
         self.model = model
-        self.modules = list(model.modules())
-        self.training = [m.training for m in self.modules]
-        self.hooks = [{name: set(getattr(m, name, {}) or {}) for name in _HOOK_DICTS} for m in self.modules]
-        self.params = list(model.parameters())
+        self.structure = structure
+        unique: dict[int, nn.Module] = {}
+        for m in itertools.chain(model.modules(), extra):
+            unique.setdefault(id(m), m)
+        self.modules = list(unique.values())
+        params: dict[int, nn.Parameter] = {}
+        for m in self.modules:
+            for p in m._parameters.values():
+                if p is not None:
+                    params.setdefault(id(p), p)
+        self.params = list(params.values())
         self.requires_grad = [p.requires_grad for p in self.params]
         self.grads = [p.grad for p in self.params]
+        # structure=True
+        self.attrs: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]] = []
+        self.versions: list[tuple[torch.Tensor, int]] = []
+        # structure=False
+        self.training: list[bool] = []
+        self.hooks: list[dict[str, set[Any]]] = []
+        self.param_places: list[tuple[torch.device, torch.dtype]] = []
+        self.buffers: list[tuple[nn.Module, str, torch.Tensor | None]] = []
+        self.sizes: list[tuple[nn.Module, dict[str, Any]]] = []
+        if structure:
+            self._save_structure()
+        else:
+            self._save_run()
+
+    def _save_structure(self) -> None:
+        seen: set[int] = set()
+        for m in self.modules:
+            attrs = dict(m.__dict__)
+            contents = {k: _copy_content(v) for k, v in attrs.items() if isinstance(v, (dict, list, set))}
+            self.attrs.append((m, attrs, contents))
+            for t in itertools.chain(m._parameters.values(), m._buffers.values()):
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    self.versions.append((t, t._version))
+
+    def _save_run(self) -> None:
+        self.training = [m.training for m in self.modules]
+        self.hooks = [{name: set(getattr(m, name, {}) or {}) for name in _HOOK_DICTS} for m in self.modules]
         self.param_places = [(p.device, p.dtype) for p in self.params]
         self.buffers = [(m, name, b.detach().clone() if b is not None else None) for m in self.modules for name, b in m._buffers.items()]
-        self.sizes: list[tuple[nn.Module, dict[str, Any]]] = []
         for m in self.modules:
             saved = {a: getattr(m, a) for a in _SIZE_ATTRS if a in m.__dict__}
             if saved:
                 self.sizes.append((m, saved))
 
     def restore(self) -> None:
-        """Put everything back (buffers in place, so the same tensor objects stay registered)."""
+        """Put everything saved back (buffers in place, so the same tensor objects stay registered)."""
+        if self.structure:
+            self._restore_structure()
+        else:
+            self._restore_run()
+        for p, flag, grad in zip(self.params, self.requires_grad, self.grads, strict=True):
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if p.grad is not grad:
+                p.grad = grad
+
+    def _restore_structure(self) -> None:
+        for module, attrs, contents in self.attrs:
+            current = module.__dict__
+            for key in [k for k in current if k not in attrs]:
+                del current[key]
+            current.update(attrs)
+            for key, content in contents.items():
+                _refill(attrs[key], content)
+
+    def _restore_run(self) -> None:
         for p, (device, dtype) in zip(self.params, self.param_places, strict=True):
             if p.device != device or p.dtype != dtype:
                 p.data = p.data.to(device=device, dtype=dtype)
@@ -68,12 +169,13 @@ class Snapshot:
                 if hooks:
                     for k in [k for k in hooks if k not in keys]:
                         del hooks[k]
-        for p, flag, grad in zip(self.params, self.requires_grad, self.grads, strict=True):
-            p.requires_grad_(flag)
-            p.grad = grad
         for m, sizes in self.sizes:
             for attr, value in sizes.items():
                 setattr(m, attr, value)
+
+    def written_in_place(self) -> int:
+        """How many saved parameters and buffers were modified in place since (``structure=True`` only; 0 otherwise)."""
+        return sum(1 for t, version in self.versions if t._version != version)
 
 
 @contextmanager

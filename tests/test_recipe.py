@@ -171,7 +171,8 @@ def pristine() -> nn.Module:
          RecipeError, r"^r.toml, step 1 \(line 3\): .*builtins:dict returned a dict, not an nn.Module"),
         (f'[[step]]\nreplace = "roi_heads.mask_head"\nmodule = "{HEADS}"\nargs = [256, [512], 1]\nadapt = true\n\n'
          "[[step]]\nset_num_classes = 3\nkeep = [0, 200]\n",
-         RecipeError, r"^r.toml, step 2 \(line 9\): set_num_classes 3, keep=\[0, 200\]: ValueError: keep: old class index 200"),
+         RecipeError, r"^r.toml, step 2 \(line 9\): set_num_classes 3, keep=\[0, 200\]: ValueError: keep: old class index for new class 1 "
+                   r"\(the model has 91 classes\) must be an int in 0\.\.90, got 200$"),
         ('[[step]]\nadapt = "backbone.fpn"\n', RecipeError, r"^r.toml, step 1 \(line 2\): adapt backbone.fpn: ValueError: .*has no such rule"),
         ('[[step]]\nfreeze = ["backbone.body.layer1*", "roi_heads.mask_hed*"]\n',
          RecipeError, r"^r.toml, step 1 \(line 2\): .*pattern 'roi_heads.mask_hed\*' matches no module"),

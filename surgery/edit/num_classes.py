@@ -1,6 +1,6 @@
 """Resizing class-dependent layers: keep the rows of kept classes, initialise the rest.
 
-:func:`surgery.set_num_classes` (in :mod:`surgery.edit`) wraps :func:`resize_classes` in a
+:func:`surgery.set_num_classes` (in :mod:`surgery.edit.transaction`) wraps :func:`resize_classes` in a
 checked, all-or-nothing transaction. Where the class-dependent layers are and how their
 family initialises them comes from the anatomy (:meth:`Anatomy.class_layers`); this module
 only copies the rows of kept classes into freshly built layers.
@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from surgery import paths
+from surgery._util import check_int
 from surgery.anatomy import Anatomy
 from surgery.findings import Report
 
-__all__ = ["ClassChange", "KeepSpec", "resize_classes"]
+__all__ = ["ClassChange", "KeepSpec", "normalise_keep", "resize_classes"]
 
 #: ``{new_index: old_index}``, or a sequence whose item ``i`` is the old index new class ``i`` takes.
 KeepSpec = Mapping[int, int] | Sequence[int]
@@ -40,10 +41,6 @@ def _describe(layer: nn.Module) -> str:
     return type(layer).__name__
 
 
-def _is_index(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def normalise_keep(keep: KeepSpec | None, num_classes: int, old_classes: int) -> dict[int, int]:
     """Turn ``keep`` into ``{new_index: old_index}`` and validate it.
 
@@ -51,15 +48,14 @@ def normalise_keep(keep: KeepSpec | None, num_classes: int, old_classes: int) ->
     (``{i: i for i < min(old, new)}``); an empty list or dict keeps nothing.
 
     Raises:
-        TypeError: ``keep`` is not a mapping or sequence of ints.
-        ValueError: An index is out of range, or a new index is given twice.
+        TypeError: ``keep`` is not a mapping or a sequence.
+        ValueError: An index is not an int or is out of range, or a new index is given twice.
     """
     if keep is None:
         return {i: i for i in range(min(num_classes, old_classes))}
     pairs: list[tuple[Any, Any]]
     if isinstance(keep, Mapping):
         pairs = list(keep.items())
-        form = "keep={new_index: old_index}"
     elif isinstance(keep, Sequence) and not isinstance(keep, (str, bytes)):
         if len(keep) > num_classes:
             raise ValueError(
@@ -67,7 +63,6 @@ def normalise_keep(keep: KeepSpec | None, num_classes: int, old_classes: int) ->
                 f"new class i takes old class keep[i], so keep may have at most {num_classes} items"
             )
         pairs = list(enumerate(keep))
-        form = "keep=[old_index_of_new_0, old_index_of_new_1, ...]"
     else:
         raise TypeError(
             f"keep must be a dict {{new_index: old_index}} or a list of old indices (new class i takes old class "
@@ -75,13 +70,8 @@ def normalise_keep(keep: KeepSpec | None, num_classes: int, old_classes: int) ->
         )
     mapping: dict[int, int] = {}
     for new, old in pairs:
-        if not _is_index(new) or not _is_index(old):
-            raise TypeError(f"keep indices must be ints, got {new!r}: {old!r} in {form}")
-        if not 0 <= new < num_classes:
-            raise ValueError(f"keep: new class index {new} is out of range; with num_classes={num_classes} it must be in 0..{num_classes - 1}")
-        if not 0 <= old < old_classes:
-            raise ValueError(f"keep: old class index {old} (for new class {new}) is out of range; the model has "
-                             f"{old_classes} classes, so it must be in 0..{old_classes - 1}")
+        new = check_int(f"keep: new class index (num_classes={num_classes})", new, 0, num_classes - 1)
+        old = check_int(f"keep: old class index for new class {new} (the model has {old_classes} classes)", old, 0, old_classes - 1)
         if new in mapping:
             raise ValueError(f"keep names new class {new} twice (from old classes {mapping[new]} and {old}); each new index may be filled once")
         mapping[new] = old
@@ -173,13 +163,11 @@ def resize_classes(model: nn.Module, anatomy: Anatomy, num_classes: int, keep: K
         The record of the change, and the slot paths that changed (to scope the check).
 
     Raises:
-        TypeError: ``num_classes`` or ``keep`` has the wrong type.
-        ValueError: A value is out of range, or the model's class layers cannot be rebuilt.
+        TypeError: ``keep`` is not a mapping or a sequence.
+        ValueError: ``num_classes`` or an index in ``keep`` is not an int or is out of range,
+            or the model's class layers cannot be rebuilt.
     """
-    if not _is_index(num_classes):
-        raise TypeError(f"num_classes must be an int >= 1, got {type(num_classes).__name__} {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1 (background counts as a class in R-CNN models), got {num_classes}")
+    check_int("num_classes", num_classes, 1)
     layers, attrs = anatomy.class_layers(model)
     smallest = min(layer.old_classes for layer in layers)
     mapping = normalise_keep(keep, num_classes, smallest)

@@ -1,0 +1,213 @@
+"""Fit a new module into its slot: the results of ``replace``/``adapt``, device placement, adapt rules.
+
+:func:`surgery.replace` and :func:`surgery.adapt` (in :mod:`surgery.edit.transaction`) run
+these steps inside a checked transaction. Which slot consumes which, and how a consumer is
+rebuilt for a new width, comes from the anatomy (:meth:`Anatomy.adapt_rule`,
+:meth:`Anatomy.rebuild_consumer`); this module reads the width a producer emits, moves new
+modules to their slot's device and dtype, and copies the weights that still fit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgery import paths
+from surgery._errors import PathError
+from surgery.anatomy import Anatomy
+from surgery.anatomy._backbone import backbone_features
+from surgery.anatomy._base import PROBE_BATCH, AdaptRule, Context, Features, is_stock
+from surgery.anatomy._feed import pool_size
+from surgery.findings import Report
+from surgery.signature import meta_like, meta_probe, output_signature
+
+__all__ = ["Adaptation", "EditResult"]
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(kw_only=True)
+class Adaptation:
+    """What :func:`adapt` rebuilt so that a consumer fits its producer.
+
+    Attributes:
+        rebuilt: ``{consumer path: "old → new"}``, e.g.
+            ``{"roi_heads.mask_predictor": "MaskRCNNPredictor(256, 256, 91) → MaskRCNNPredictor(1024, 256, 91)"}``.
+        copied: Parameter paths whose values were copied from the old consumer (their shapes fit).
+        initialised: Parameter paths freshly initialised (their shapes changed).
+        notes: Anything worth knowing (device moves, nothing to rebuild, ...).
+        report: The check that ran at the end (None with ``check=False`` or inside ``edit()``).
+    """
+
+    rebuilt: dict[str, str] = field(default_factory=dict)
+    copied: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    report: Report | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rebuilt": dict(self.rebuilt),
+            "copied": list(self.copied),
+            "initialised": list(self.initialised),
+            "notes": list(self.notes),
+            "report": self.report.to_dict() if self.report is not None else None,
+        }
+
+    def _lines(self) -> list[str]:
+        lines = [f"  rebuilt {path}: {change}" for path, change in self.rebuilt.items()]
+        if self.copied:
+            lines.append(f"  copied ({len(self.copied)}): " + ", ".join(self.copied))
+        if self.initialised:
+            lines.append(f"  initialised ({len(self.initialised)}): " + ", ".join(self.initialised))
+        lines.extend(f"  note: {n}" for n in self.notes)
+        if self.report is not None:
+            lines.append(f"  check: {'ok' if self.report.ok else f'{len(self.report.errors)} error(s)'}")
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join(["adapt:", *self._lines()])
+
+
+@dataclass(kw_only=True)
+class EditResult(Adaptation):
+    """What ``replace(..., adapt=True)`` did (``replace`` without ``adapt`` returns ``old`` alone).
+
+    Attributes:
+        path: The slot replaced.
+        old: The module that was there (None for an empty slot).
+        new: The module put there (moved to the old module's device and dtype).
+    """
+
+    path: str
+    old: nn.Module | None
+    new: nn.Module
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "old": type(self.old).__name__ if self.old is not None else None,
+                "new": type(self.new).__name__, **super().to_dict()}
+
+    def __str__(self) -> str:
+        old = type(self.old).__name__ if self.old is not None else "empty slot"
+        return "\n".join([f"replace {self.path}: {old} → {type(self.new).__name__}", *self._lines()])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _slot_content(model: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path``; None for an existing empty slot; PathError otherwise."""
+    try:
+        return paths.get(model, path)
+    except PathError:
+        parent_path, name = paths.parent_of(path)
+        if parent_path == "" or paths.exists(model, parent_path):
+            if paths._is_empty_slot(paths.get(model, parent_path), name):
+                return None
+        raise
+
+
+def _place(module: nn.Module | None) -> tuple[torch.device, torch.dtype | None] | None:
+    """Device and floating dtype of a module's tensors, or None when it has none."""
+    if module is None:
+        return None
+    first: torch.Tensor | None = None
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+        first = first if first is not None else t
+    return (first.device, None) if first is not None else None
+
+
+def _slot_place(model: nn.Module, path: str, old: nn.Module | None) -> tuple[torch.device, torch.dtype | None] | None:
+    place = _place(old)
+    if place is None:
+        parent_path, _ = paths.parent_of(path)
+        place = _place(paths.get(model, parent_path)) or _place(model)
+    return place
+
+
+def _tensor_places(module: nn.Module) -> list[str]:
+    return sorted({f"{t.device}/{str(t.dtype).removeprefix('torch.')}" for t in itertools.chain(module.parameters(), module.buffers())})
+
+
+def _move(new: nn.Module, place: tuple[torch.device, torch.dtype | None] | None, path: str) -> str | None:
+    """Move ``new`` to ``place``; return a note when anything moved."""
+    if place is None:
+        return None
+    device, dtype = place
+    tensors = list(itertools.chain(new.parameters(), new.buffers()))
+    wrong_device = any(t.device != device for t in tensors)
+    wrong_dtype = dtype is not None and any(t.is_floating_point() and t.dtype != dtype for t in tensors)
+    if not (wrong_device or wrong_dtype):
+        return None
+    before = ", ".join(_tensor_places(new))
+    new.to(device=device, dtype=dtype if wrong_dtype else None)
+    after = ", ".join(_tensor_places(new))
+    return f"moved the new {type(new).__name__} from {before} to {after} to match {path}"
+
+
+# --------------------------------------------------------------------------- adapt rules
+
+
+def _produced_width(model: nn.Module, rule: AdaptRule) -> int | None:
+    """Channels/features the head emits: read statically for torch/torchvision modules, probed otherwise."""
+    head = paths.get(model, rule.producer)
+    static = output_signature(head)
+    static_width = int(static.size) if static is not None and isinstance(static.size, int) else None
+    if is_stock(head) and static_width is not None:
+        return static_width
+    feats = backbone_features(Context(model), "backbone")
+    width = feats.common_channels() if isinstance(feats, Features) else None
+    size = pool_size(getattr(_slot_content(model, rule.pool), "output_size", None)) if rule.pool else None
+    if width is not None and size is not None:
+        probe = meta_probe(head, meta_like((PROBE_BATCH, width, *size)))
+        if probe.ok and isinstance(probe.output, torch.Tensor) and probe.output.dim() >= 2:
+            return int(probe.output.shape[1])
+    return static_width
+
+
+def _apply_rule(model: nn.Module, anatomy: Anatomy, rule: AdaptRule) -> Adaptation:
+    result = Adaptation()
+    absent = [p for p in (rule.producer, rule.consumer) if not paths.exists(model, p)]
+    if absent:
+        result.notes.append(f"{' and '.join(absent)} {'is' if len(absent) == 1 else 'are'} empty; nothing to adapt")
+        return result
+    predictor = paths.get(model, rule.consumer)
+    width = _produced_width(model, rule)
+    if width is None:
+        result.notes.append(f"could not read what {rule.producer} ({type(paths.get(model, rule.producer)).__name__}) produces; "
+                            f"{rule.consumer} left as it is")
+        return result
+    if anatomy.consumed_width(predictor) == width:
+        result.notes.append(f"{rule.consumer} already takes {width} from {rule.producer}; nothing rebuilt")
+        return result
+    built = anatomy.rebuild_consumer(predictor, width)
+    if built is None:
+        result.notes.append(anatomy.rebuild_note(rule.consumer, predictor, width))
+        return result
+    new, old_text, new_text = built
+    place = _place(predictor)
+    if place is not None:
+        new.to(device=place[0], dtype=place[1])
+    new.train(predictor.training)
+    old_tensors: dict[str, torch.Tensor] = dict(itertools.chain(predictor.named_parameters(), predictor.named_buffers()))
+    with torch.no_grad():
+        for name, tensor in itertools.chain(new.named_parameters(), new.named_buffers()):
+            full = f"{rule.consumer}.{name}"
+            old = old_tensors.get(name)
+            if old is not None and old.shape == tensor.shape:
+                tensor.copy_(old)
+                result.copied.append(full)
+            else:
+                result.initialised.append(full)
+            if isinstance(tensor, nn.Parameter) and isinstance(old, nn.Parameter):
+                tensor.requires_grad_(old.requires_grad)
+    paths.set(model, rule.consumer, new)
+    result.rebuilt[rule.consumer] = f"{old_text} → {new_text}"
+    return result
+
