@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 import surgery
 from surgery import Diff, NotAModuleError
 from surgery.cli import main
-from surgery.diff import Measure, ProgressBar, _PeakTensorMemory
+from surgery.diff import Change, Measure, ProgressBar, module_changes, slot_changes
+from surgery.diff.cost import _PeakTensorMemory
 from tests.helpers import build, fingerprint
 
 DEEPER = (256, 256, 512, 512, 1024)
@@ -237,3 +240,41 @@ def test_cli_diff_text_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
         main(["diff", spec])
     assert info.value.code == 2
     assert "the following arguments are required: SPEC_B" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- package layout
+
+
+def _module_level_imports(folder: Path) -> dict[str, list[str]]:
+    """Each file of ``folder`` and the ``surgery`` modules it imports when it is loaded
+    (imports inside functions and ``if TYPE_CHECKING:`` blocks left out)."""
+    out: dict[str, list[str]] = {}
+    for file in sorted(folder.glob("*.py")):
+        names: list[str] = []
+        for node in ast.parse(file.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and node.module is not None:
+                names.append(node.module)
+            elif isinstance(node, ast.Import):
+                names.extend(alias.name for alias in node.names)
+        out[file.name] = sorted(n for n in names if n.startswith("surgery"))
+    return out
+
+
+def test_diff_never_imports_render_and_render_imports_only_the_structure() -> None:
+    root = Path(surgery.__file__).parent
+    diff_imports = _module_level_imports(root / "diff")
+    assert sorted(diff_imports) == ["__init__.py", "cost.py", "structure.py"]
+    assert {f: [n for n in names if n.startswith("surgery.render")] for f, names in diff_imports.items()} == {
+        "__init__.py": [], "cost.py": [], "structure.py": []
+    }
+    render_imports = _module_level_imports(root / "render")
+    assert sorted({n for names in render_imports.values() for n in names if n.startswith("surgery.diff")}) == ["surgery.diff.structure"]
+
+
+def test_structural_diff_is_one_set_of_objects_under_both_names() -> None:
+    from surgery.render import Change as RenderChange
+    from surgery.render import module_changes as render_module_changes
+    from surgery.render import slot_changes as render_slot_changes
+
+    assert (RenderChange, render_module_changes, render_slot_changes) == (Change, module_changes, slot_changes)
+    assert Change.__module__ == "surgery.diff.structure"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -524,3 +526,15 @@ def test_frozen_backbone_is_shown(maskrcnn: nn.Module) -> None:
     body = graph.node("backbone.body")
     assert (body.status, body.label[-1]) == ("changed", "23.5M params, frozen")
     assert os.environ.get("PATH")  # the real PATH is untouched outside the no_dot fixture
+
+
+def test_surgery_render_is_the_function_and_the_package_keeps_its_names() -> None:
+    assert inspect.isfunction(surgery.render) and surgery.render.__module__ == "surgery.render"
+    assert inspect.isfunction(surgery.diff) and surgery.diff.__module__ == "surgery.diff"
+    package = sys.modules["surgery.render"]
+    assert package.__path__ == [str(Path(surgery.__file__).parent / "render")]
+    assert [name for name in package.__all__ if not hasattr(package, name)] == []
+    assert (package.render, package.Graph) == (surgery.render, Graph)
+    from surgery.render import Graph as Imported
+
+    assert Imported is Graph and Graph.__module__ == "surgery.render.graph"
