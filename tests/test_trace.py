@@ -540,7 +540,7 @@ def test_same_model_and_seed_give_the_same_trace(shared: Callable[..., nn.Module
         ({"mode": "test"}, ValueError, r"mode must be one of \('eval', 'train', 'both'\) or None, got 'test'"),
         ({"train": True, "mode": "eval"}, ValueError, r"train=True contradicts mode='eval'"),
         ({"backward": True}, ValueError, r"backward=True needs a train pass"),
-        ({"depth": -1}, ValueError, r"depth must be None or an int >= 0, got -1"),
+        ({"depth": -1}, ValueError, r"depth must be an int >= 0, got -1"),
         ({"image_size": 8}, ValueError, r"image_size must be an int >= 32, got 8"),
     ],
 )
