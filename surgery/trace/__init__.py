@@ -14,7 +14,7 @@ buffers, transform sizes and the global random state are restored, also when the
 raises mid-forward. Only shapes and dtypes are stored, never tensors, and the producer map
 holds weak references, so tracing keeps no activation alive.
 
-The package: :mod:`~surgery.trace.types` (the result types), :mod:`~surgery.trace.recorder`
+The package: :mod:`~surgery.trace.results` (the result types), :mod:`~surgery.trace.recorder`
 (flattening and the hooks), :mod:`~surgery.trace.flow` (the function mode),
 :mod:`~surgery.trace.findings` (what a trace reports); this module runs the passes.
 """
@@ -36,7 +36,7 @@ from surgery.synthetic import synthetic_batch
 from surgery.trace.findings import _failure, _findings, _new_findings, unused_parameter_findings
 from surgery.trace.flow import _FlowMode
 from surgery.trace.recorder import _leaves, _Recorder
-from surgery.trace.types import TensorInfo, Trace, TraceCall, TraceEdge
+from surgery.trace.results import TensorInfo, Trace, TraceCall, TraceEdge
 
 __all__ = ["TensorInfo", "Trace", "TraceCall", "TraceEdge", "trace", "trace_findings", "unused_parameter_findings", "MODES"]
 

@@ -12,7 +12,7 @@ from surgery._util import first_line
 from surgery.anatomy import Anatomy
 from surgery.findings import Finding, Severity
 from surgery.trace.recorder import _Recorder
-from surgery.trace.types import Trace
+from surgery.trace.results import Trace
 
 __all__ = ["unused_parameter_findings"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from surgery.trace.types import TensorInfo, TraceCall, dtype_name
+from surgery.trace.results import TensorInfo, TraceCall, dtype_name
 
 _MAX_NESTING = 8
 _SCALARS = (int, float, bool, str, bytes, complex, type(None))
