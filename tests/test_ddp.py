@@ -17,8 +17,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
-from surgery import SmokeTestError, smoke_test
-from surgery._ddp import parse_unused
+from surgery import SmokeTestError, smoke_test, synthetic_batch
+from surgery.smoke.ddp import parse_unused, run_ddp
 from tests.helpers import fingerprint
 from tests.test_smoke import assert_restored, stamped, tiny_maskrcnn
 
@@ -69,6 +69,30 @@ class CrashesUnderDDP(HangsUnderDDP):
         if dist.is_initialized():
             os._exit(3)
         return self.conv(x)
+
+
+class TwoOutputs(nn.Module):
+    """A generic model whose forward returns a tuple of two float tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.wide = nn.Conv2d(3, 4, 3)
+        self.narrow = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.wide(x), self.narrow(x)
+
+
+class ClassIndices(nn.Module):
+    """A generic model whose forward returns only an integer tensor: nothing to backpropagate from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x).argmax(1)
 
 
 def _leftovers() -> set[str]:
@@ -151,3 +175,34 @@ def test_an_unpicklable_model_is_refused_before_any_process_starts() -> None:
         smoke_test(model, device="cpu", image_size=SIZE, ddp=2, check=False)
     assert multiprocessing.active_children() == []
     assert fingerprint(model) == fp
+
+
+@pytest.mark.slow
+def test_ddp_takes_the_loss_of_a_tuple_output_as_the_train_step_does() -> None:
+    model = TwoOutputs()
+    result = smoke_test(model, device="cpu", image_size=32, ddp=2, check=False)
+    assert result.ok, str(result)
+    assert [(p.name, p.status) for p in result.phases] == [("train", "ok"), ("eval", "ok"), ("ddp", "ok")]
+    assert result.ddp is not None
+    losses = result.ddp["losses"]
+    assert [[sorted(step) for step in steps] for steps in losses] == [[["output"], ["output"]], [["output"], ["output"]]]
+    # Rank 0's first step sees the train phase's batch (seed 0) and weights: the same loss, the mean of both outputs.
+    with torch.no_grad():
+        wide, narrow = model(synthetic_batch(model, 2, 32, seed=0).images)
+    expected = float(wide.mean() + narrow.mean())
+    assert result.losses["output"] == pytest.approx(expected, rel=1e-5)
+    assert losses[0][0]["output"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_an_output_without_a_float_tensor_is_the_same_finding_in_the_train_and_ddp_phases() -> None:
+    message = "returned Tensor with no floating-point tensor to backpropagate from"
+    result = smoke_test(ClassIndices(), device="cpu", image_size=32, ddp=2, check=False)
+    assert [(f.code, f.paths, f.message) for f in result.findings] == [("shape-error", (), f"train step 1 {message}")]
+    assert [(p.name, p.status) for p in result.phases] == [("train", "failed"), ("eval", "ok"), ("ddp", "failed")]
+    assert result.phase("ddp").note == "2 processes, gloo on cpu, 2 steps, find_unused_parameters=False"  # nothing raised
+    outcome = run_ddp(ClassIndices(), world_size=2, device=torch.device("cpu"), batch_size=2, image_size=32, amp=None, timeout=120)
+    # One finding per (code, paths): rank 1's identical finding is merged into rank 0's.
+    assert [(f.code, f.paths, f.message) for f in outcome.findings] == [("shape-error", (), f"DDP rank 0, step 1 {message}")]
+    assert (outcome.raised, outcome.losses) == ("", [[], []])
+    assert multiprocessing.active_children() == []

@@ -1,6 +1,10 @@
 """The DDP phase of :func:`surgery.smoke_test`: ``N`` processes, two train steps under
 ``DistributedDataParallel(find_unused_parameters=False)``.
 
+Each rank runs the smoke test's own train step (:func:`surgery.smoke.step.train_step`), so
+losses are taken from the output exactly as in the single-process train phase, and an output
+with no loss to backpropagate from is the same finding, labelled with the rank and step.
+
 How the model reaches the workers: the parent pickles the whole model object with
 ``torch.save`` into a fresh private temporary directory (``tempfile.mkdtemp``, mode 0700),
 and each worker reads it back with ``torch.load(weights_only=False)``. That is the one place
@@ -37,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -48,10 +52,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from surgery._errors import SmokeTestError
-from surgery._util import ModuleStack, first_lines, tensors_in
+from surgery._util import first_lines
 from surgery.anatomy import anatomy_for
 from surgery.findings import Finding, Report
-from surgery.smoke import _raised_finding_text
+from surgery.smoke.device import amp_name, amp_note, autocast
+from surgery.smoke.step import LR, raised_finding_text, train_step
 from surgery.synthetic import synthetic_batch
 from surgery.trace import unused_parameter_findings
 
@@ -84,7 +89,8 @@ class DDPOutcome:
     """What the DDP phase found.
 
     Attributes:
-        findings: Unused parameters (grouped by module), errors raised in a worker, non-finite losses.
+        findings: Unused parameters (grouped by module), errors raised in a worker, non-finite losses,
+            outputs with no loss to backpropagate from.
         seconds: Wall time of the phase, process start-up included.
         world_size: Number of processes.
         backend: ``"gloo"`` or ``"nccl"``.
@@ -161,7 +167,7 @@ def _worker(rank: int, cfg: _Config) -> None:
     os.dup2(log.fileno(), 2)
     faulthandler.enable(file=log)  # a crash (segfault, abort) leaves its stack in the log the parent shows
     result: dict[str, Any] = {"rank": rank, "ok": False, "error_type": None, "error": None, "where": None,
-                              "oom": False, "losses": [], "param_names": []}
+                              "oom": False, "losses": [], "param_names": [], "findings": []}
     initialised = False
     try:
         torch.set_num_threads(cfg.threads)
@@ -191,38 +197,31 @@ def _worker(rank: int, cfg: _Config) -> None:
 
 
 def _run_steps(rank: int, cfg: _Config, model: nn.Module, device: torch.device, result: dict[str, Any]) -> None:
+    """The DDP train steps of one rank, with the smoke test's own :func:`~surgery.smoke.step.train_step`."""
     anatomy = anatomy_for(model)
     anatomy.fit_inputs(model, [(cfg.image_size, cfg.image_size)] * cfg.batch_size)
     model.train()
     result["param_names"] = [n for n, p in model.named_parameters() if p.requires_grad]
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if cfg.cuda else None, find_unused_parameters=False)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
     amp = getattr(torch, cfg.amp) if cfg.amp else None
     for step in range(STEPS):
         images, targets = synthetic_batch(model, cfg.batch_size, cfg.image_size, device=device, seed=1000 * rank + step, anatomy=anatomy)
-        where = ModuleStack(model)
-        try:
-            with where, (torch.autocast(device_type=device.type, dtype=amp) if amp is not None else nullcontext()):
-                output = anatomy.call(wrapped, images, targets, train=True)
-        except Exception as e:  # noqa: BLE001 - reported through the result file
+        label = f"DDP rank {rank}, step {step + 1}{amp_note(amp)}"
+        outcome = train_step(model, anatomy, images, targets, label=label, amp=autocast(device, amp), runner=wrapped)
+        if outcome.losses is not None:
+            result["losses"].append({k: float(v.detach().float()) for k, v in outcome.losses.items()})
+        if outcome.error is not None:
+            e = outcome.error
             result["error_type"], result["error"] = type(e).__name__, str(e)
-            result["where"], result["oom"], result["step"] = where.innermost(), isinstance(e, torch.OutOfMemoryError), step + 1
+            result["where"], result["oom"], result["step"] = outcome.where, isinstance(e, torch.OutOfMemoryError), step + 1
             return
-        family_losses = anatomy.train_losses(model, output, targets)
-        losses: dict[str, torch.Tensor]
-        if isinstance(family_losses, dict):
-            losses = family_losses
-        else:
-            losses = {"output": torch.stack([t.float().mean() for t in _floats(output)]).sum()}
-        result["losses"].append({k: float(v.detach().float()) for k, v in losses.items()})
-        total = torch.stack([v.float().sum() for v in losses.values()]).sum()
-        total.backward()
+        if outcome.findings or not outcome.backward:  # no loss to backpropagate: the next step would say the same
+            result["findings"] = [f.to_dict() for f in outcome.findings]
+            result["step"] = step + 1
+            return
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-
-def _floats(value: Any) -> list[torch.Tensor]:
-    return [t for t in tensors_in(value) if t.is_floating_point()]
 
 
 # --------------------------------------------------------------------------- parent side
@@ -328,7 +327,7 @@ def run_ddp(
             ) from e
         cpus = os.cpu_count() or 1
         cfg = _Config(model_file, out_dir, _free_port(), world_size, backend, cuda, batch_size, image_size,
-                      str(amp).removeprefix("torch.") if amp is not None else None, max(1, cpus // world_size),
+                      amp_name(amp), max(1, cpus // world_size),
                       max(30.0, timeout / 2))
         ctx = multiprocessing.get_context("spawn")
         with _worker_environment():
@@ -366,6 +365,7 @@ def run_ddp(
             for name, value in losses.items():
                 if not math.isfinite(value):
                     report.extend([Finding("error", "non-finite", (), f"loss {name!r} is {value} on DDP rank {rank}, step {step}", None)])
+        report.extend(Finding(f["severity"], f["code"], tuple(f["paths"]), f["message"], f["fix"]) for f in r["findings"])
         if r["error"] is None:
             continue
         names = parse_unused(r["error"], r["param_names"] or trainable)
@@ -383,6 +383,6 @@ def run_ddp(
                                    f"{first_lines(r['error'])}", "run surgery.smoke_test(model) without ddp to see which modules get no gradient")])
         else:
             label = f"DDP rank {rank}" + (f", step {r['step']}" if r.get("step") else "")
-            report.extend([_raised_finding_text(model, r["where"], label, r["error_type"] or "Error", r["error"], bool(r["oom"]))])
+            report.extend([raised_finding_text(model, r["where"], label, r["error_type"] or "Error", r["error"], bool(r["oom"]))])
     outcome.findings = list(report.findings)
     return outcome
