@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import keyword
 import re
 from collections.abc import Iterator
 
@@ -23,7 +24,7 @@ from torch import nn
 from surgery._errors import PathError
 from surgery._util import require_module
 
-__all__ = ["get", "set", "delete", "exists", "iter_paths", "split", "join", "parent_of"]
+__all__ = ["get", "set", "delete", "exists", "iter_paths", "split", "join", "parent_of", "expression"]
 
 _INDEXED = (nn.Sequential, nn.ModuleList)
 _MAX_SUGGESTIONS = 3
@@ -275,3 +276,35 @@ def iter_paths(model: nn.Module) -> Iterator[str]:
     for p, _ in model.named_modules():
         if p:
             yield p
+
+
+def expression(path: str, model: nn.Module | None = None, root: str = "model") -> str:
+    """The Python expression that reaches ``path`` from ``root``, for fix texts a user can paste.
+
+    ``"layer1.0.relu"`` becomes ``model.layer1[0].relu``: an integer segment is an index
+    (``nn.Sequential`` / ``nn.ModuleList``), any other identifier an attribute. With
+    ``model``, a ``nn.ModuleDict`` key is written as a string subscript (``["0"]``), and a
+    segment that is no identifier (``"my-key"``) is always a string subscript or a ``getattr``.
+
+    Args:
+        path: A dotted path (``""`` is the root itself).
+        model: The model the path lives in, to tell a ModuleDict key from an index.
+        root: The name the expression starts from.
+
+    Returns:
+        The expression, e.g. ``'model.roi_heads.box_predictor'`` or ``'model.layer1[0].relu'``.
+    """
+    text = root
+    parent: nn.Module | None = model
+    for segment in split(path):
+        is_dict = isinstance(parent, nn.ModuleDict)
+        name = segment.isidentifier() and not keyword.iskeyword(segment)
+        if is_dict or (not name and not segment.lstrip("-").isdigit()):
+            text = f"{text}[{segment!r}]" if is_dict or parent is None else f"getattr({text}, {segment!r})"
+        elif name:
+            text = f"{text}.{segment}"
+        else:
+            text = f"{text}[{int(segment)}]"
+        if parent is not None:
+            parent = parent._modules.get(segment)
+    return text

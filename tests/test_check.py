@@ -687,7 +687,7 @@ def test_example_script_prints_the_findings(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert out.count("error [orphan-module] mask_predictor -> roi_heads.mask_predictor") == 2
     assert out.count("error [channel-mismatch] roi_heads.mask_head -> roi_heads.mask_predictor") == 2
-    assert "surgery check: examples/deeper_mask_head.py:fixed: ok, no findings (10 checks ran)" in out
+    assert "surgery check: examples/deeper_mask_head.py:fixed: ok, no findings (11 checks ran)" in out
 
 
 # --------------------------------------------------------------------------- featmap-missing on stock and custom backbones
@@ -919,7 +919,7 @@ SMALL = ("--arg", "backbone_name='resnet18'")
 def test_cli_check_default_model_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "check")
     assert code == 0
-    assert out.strip() == "surgery check: torchvision.models.detection:maskrcnn_resnet50_fpn: ok, no findings (10 checks ran)"
+    assert out.strip() == "surgery check: torchvision.models.detection:maskrcnn_resnet50_fpn: ok, no findings (11 checks ran)"
 
 
 def test_cli_check_json_on_the_recipe_exits_1_with_both_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -952,7 +952,7 @@ def test_cli_check_github_format(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_check_fixed_example_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "check", f"{EXAMPLE}:fixed", *SMALL)
     assert code == 0
-    assert out.strip().endswith(":fixed: ok, no findings (10 checks ran)")
+    assert out.strip().endswith(":fixed: ok, no findings (11 checks ran)")
 
 
 @pytest.mark.parametrize(
