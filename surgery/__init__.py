@@ -35,7 +35,7 @@ from surgery.loading import DEFAULT_SPEC, WeightsReport, load_model, load_weight
 from surgery.overview import Component, Overview, components, inspect
 from surgery.recipe import Recipe, RecipeError, RecipeResult, rebuild
 from surgery.render import Graph, render
-from surgery.signature import Signature
+from surgery.signature import MultiSignature, Signature
 from surgery.smoke import SmokeResult, smoke_test
 from surgery.synthetic import SyntheticBatch, synthetic_batch
 from surgery.trace import TensorInfo, Trace, TraceCall, TraceEdge, trace
@@ -63,6 +63,7 @@ __all__ = [
     "RecipeResult",
     "RenderError",
     "Report",
+    "MultiSignature",
     "Signature",
     "SmokeResult",
     "SmokeTestError",

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _torch_module
 
-from surgery.findings import Finding
+from surgery import paths
+from surgery.findings import Finding, Severity
 
 __all__ = ["used_attribute_names", "find_orphans"]
 
@@ -386,7 +387,8 @@ def find_orphans(model: nn.Module, slot_paths: Iterable[str] = ()) -> list[Findi
             matches one of them is told where it was probably meant to go.
 
     Returns:
-        One error per top-most orphan.
+        One finding per top-most orphan: an error when it holds parameters (they never train),
+        a warning when it has none (an unused activation, pool or dropout).
     """
     candidates = list(_orphan_candidates(model))
     if not candidates:
@@ -416,20 +418,26 @@ def find_orphans(model: nn.Module, slot_paths: Iterable[str] = ()) -> list[Findi
         if any(path.startswith(r + ".") for r in reported):
             continue
         reported.append(path)
-        target = next((s for s in slots if s.rsplit(".", 1)[-1] == name and s != path), None)
-        if target is None:
-            target = next((p for p in all_paths if p.rsplit(".", 1)[-1] == name and p != path and not p.startswith(path + ".")), None)
         n_params = sum(p.numel() for p in child.parameters())
+        # a module without parameters is only proposed for an empty slot: moving it onto a
+        # stateless twin (another ``relu``) changes nothing
+        target = next((s for s in slots if s.rsplit(".", 1)[-1] == name and s != path
+                       and (n_params or not paths.exists(model, s))), None)
+        if target is None and n_params:
+            target = next((p for p in all_paths if p.rsplit(".", 1)[-1] == name and p != path and not p.startswith(path + ".")), None)
         parent_path = path.rsplit(".", 1)[0] if "." in path else ""
         where = f"{parent_path} ({type(parent).__name__})" if parent_path else type(parent).__name__
         message = (
             f"{path} ({type(child).__name__}, {n_params:,} parameters) is registered on {where}, "
-            f"but {type(parent).__name__}.forward never uses it, so it never runs and its parameters never train"
+            f"but {type(parent).__name__}.forward never uses it, so it never runs"
+            + (" and its parameters never train" if n_params else "")
         )
         if target:
             message += f"; it was probably meant for {target}"
-            fix = f"model.{target} = model.{path}; del model.{path}"
+            fix = f"{paths.expression(target, model)} = {paths.expression(path, model)}; del {paths.expression(path, model)}"
         else:
-            fix = f"del model.{path}  # or call it from {type(parent).__name__}.forward"
-        findings.append(Finding("error", "orphan-module", (path,) + ((target,) if target else ()), message, fix))
+            fix = f"del {paths.expression(path, model)}  # or call it from {type(parent).__name__}.forward"
+        # nothing to train: an unused activation or pool costs nothing, so it is worth a look, not an error
+        severity: Severity = "error" if n_params else "warning"
+        findings.append(Finding(severity, "orphan-module", (path,) + ((target,) if target else ()), message, fix))
     return findings

@@ -11,7 +11,7 @@ from torch import nn
 from surgery import paths
 from surgery._util import require_module
 from surgery.anatomy import Anatomy, anatomy_for
-from surgery.signature import Signature
+from surgery.signature import SlotSignature
 
 __all__ = ["Component", "Overview", "components", "inspect", "count_params", "human"]
 
@@ -44,7 +44,8 @@ class Component:
         type: The module's class name.
         params: Number of parameters.
         trainable: Number of parameters with ``requires_grad``.
-        in_sig: Input channels/features read from its first layer (None when unknown).
+        in_sig: Input channels/features read from its first layer, one per map for a multi-scale
+            module (None when unknown).
         out_sig: Output channels/features read from its last layer (None when unknown).
         accepts: What may replace it.
     """
@@ -54,8 +55,8 @@ class Component:
     type: str
     params: int
     trainable: int
-    in_sig: Signature | None
-    out_sig: Signature | None
+    in_sig: SlotSignature | None
+    out_sig: SlotSignature | None
     accepts: str = ""
 
     def to_dict(self) -> dict[str, Any]:

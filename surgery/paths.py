@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import keyword
 import re
 from collections.abc import Iterator
 
@@ -23,7 +24,7 @@ from torch import nn
 from surgery._errors import PathError
 from surgery._util import require_module
 
-__all__ = ["get", "set", "delete", "exists", "iter_paths", "split", "join", "parent_of"]
+__all__ = ["get", "set", "delete", "exists", "iter_paths", "split", "join", "parent_of", "expression"]
 
 _INDEXED = (nn.Sequential, nn.ModuleList)
 _MAX_SUGGESTIONS = 3
@@ -278,30 +279,32 @@ def iter_paths(model: nn.Module) -> Iterator[str]:
 
 
 def expression(path: str, model: nn.Module | None = None, root: str = "model") -> str:
-    """A Python expression for the submodule at ``path``, as a fix text would write it.
+    """The Python expression that reaches ``path`` from ``root``, for fix texts a user can paste.
 
-    Index segments become subscripts (``model.layer1[0].relu``), ModuleDict keys become
-    string subscripts (``model.heads["cls"]``), other names attributes. Without ``model``
-    every all-digit segment is taken as an index.
+    ``"layer1.0.relu"`` becomes ``model.layer1[0].relu``: an integer segment is an index
+    (``nn.Sequential`` / ``nn.ModuleList``), any other identifier an attribute. With
+    ``model``, a ``nn.ModuleDict`` key is written as a string subscript (``["0"]``), and a
+    segment that is no identifier (``"my-key"``) is always a string subscript or a ``getattr``.
 
     Args:
-        path: Dotted path, e.g. ``"layer1.0.relu"`` (``""`` for the root).
-        model: The model, to tell ModuleDict keys from indices and attributes.
+        path: A dotted path (``""`` is the root itself).
+        model: The model the path lives in, to tell a ModuleDict key from an index.
         root: The name the expression starts from.
 
     Returns:
-        The expression, e.g. ``"model.layer1[0].relu"``.
+        The expression, e.g. ``'model.roi_heads.box_predictor'`` or ``'model.layer1[0].relu'``.
     """
     text = root
-    node: nn.Module | None = model
+    parent: nn.Module | None = model
     for segment in split(path) if path else []:
-        if isinstance(node, nn.ModuleDict):
-            text += f"[{segment!r}]"
-        elif segment.lstrip("-").isdigit() and (node is None or isinstance(node, _INDEXED)):
-            text += f"[{segment}]"
-        elif segment.isidentifier():
-            text += f".{segment}"
+        is_dict = isinstance(parent, nn.ModuleDict)
+        name = segment.isidentifier() and not keyword.iskeyword(segment)
+        if is_dict or (not name and not segment.lstrip("-").isdigit()):
+            text = f"{text}[{segment!r}]" if is_dict or parent is None else f"getattr({text}, {segment!r})"
+        elif name:
+            text = f"{text}.{segment}"
         else:
-            text += f".get_submodule({segment!r})"
-        node = node._modules.get(segment) if node is not None and segment in node._modules else None
+            text = f"{text}[{int(segment)}]"
+        if parent is not None:
+            parent = parent._modules.get(segment)
     return text

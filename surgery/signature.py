@@ -19,9 +19,19 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+
+from surgery._util import ModuleStack
 
 __all__ = [
     "Signature",
+    "MultiSignature",
+    "SlotSignature",
+    "AttributeMismatch",
+    "attribute_mismatches",
+    "layer_widths",
+    "in_width",
+    "out_width",
     "ProbeResult",
     "first_layer",
     "last_layer",
@@ -33,6 +43,7 @@ __all__ = [
 ]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORM = (*_BATCHNORM, nn.GroupNorm)
 _LAYERS = (*_CONV, nn.Linear, *_NORM)
@@ -44,20 +55,48 @@ class Signature:
 
     Attributes:
         kind: ``"channels"`` or ``"features"``.
-        size: The count; a tuple for modules with several outputs (e.g. a multi-scale body).
+        size: The count.
         source: The dotted path, relative to the module, of the layer it was read from.
     """
 
     kind: Literal["channels", "features"]
-    size: int | tuple[int, ...]
+    size: int
     source: str = ""
 
     def __str__(self) -> str:
-        size = ",".join(map(str, self.size)) if isinstance(self.size, tuple) else str(self.size)
-        return f"{size} {'ch' if self.kind == 'channels' else 'feat'}"
+        return f"{self.size} {_unit(self.kind)}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "size": list(self.size) if isinstance(self.size, tuple) else self.size, "source": self.source}
+        return {"kind": self.kind, "size": self.size, "source": self.source}
+
+
+@dataclass(frozen=True)
+class MultiSignature:
+    """One width per feature map, for modules with several inputs or outputs (a multi-scale body, an FPN).
+
+    Attributes:
+        kind: ``"channels"`` or ``"features"``.
+        sizes: The count of each map, in order (0 where it could not be read).
+        source: Where the widths were read, e.g. ``"return_layers"``.
+    """
+
+    kind: Literal["channels", "features"]
+    sizes: tuple[int, ...]
+    source: str = ""
+
+    def __str__(self) -> str:
+        return f"{','.join(map(str, self.sizes))} {_unit(self.kind)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "size": list(self.sizes), "source": self.source}
+
+
+#: What a slot consumes or produces: one width, or one per feature map.
+SlotSignature = Signature | MultiSignature
+
+
+def _unit(kind: str) -> str:
+    return "ch" if kind == "channels" else "feat"
 
 
 def _layers(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -79,36 +118,244 @@ def last_layer(module: nn.Module) -> tuple[str, nn.Module] | None:
     return found
 
 
-def _in_of(name: str, layer: nn.Module) -> Signature | None:
-    if isinstance(layer, _CONV):
-        return Signature("channels", int(layer.in_channels), name)
-    if isinstance(layer, nn.Linear):
-        return Signature("features", int(layer.in_features), name)
-    if isinstance(layer, nn.GroupNorm):
-        return Signature("channels", int(layer.num_channels), name)
-    if isinstance(layer, _BATCHNORM):
-        return Signature("channels", int(layer.num_features), name)
+# --------------------------------------------------------------------------- widths from parameters
+
+
+def _shape(value: object) -> tuple[int, ...] | None:
+    """The shape of a materialised tensor (meta counts); None for None or a lazy, uninitialised one."""
+    if not isinstance(value, torch.Tensor) or isinstance(value, (UninitializedParameter, UninitializedBuffer)):
+        return None
+    return tuple(int(s) for s in value.shape)
+
+
+def _norm_width(layer: nn.Module) -> int | None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        shape = _shape(getattr(layer, name, None))
+        if shape is not None and len(shape) == 1:
+            return shape[0]
     return None
 
 
-def _out_of(name: str, layer: nn.Module) -> Signature | None:
+def layer_widths(layer: nn.Module) -> tuple[int, int] | None:
+    """``(in, out)`` channels/features of one layer, read from its parameter shapes.
+
+    Attributes such as ``out_features`` are not read: they go stale when a weight is sliced
+    in place. A conv's weight is ``out × in/groups × k…``, a transposed conv's
+    ``in × out/groups × k…``, a linear's ``out × in``, an embedding's ``num × dim`` (it
+    takes indices: ``in`` is its table size); norms keep their width.
+
+    Args:
+        layer: A Conv/ConvTranspose (1-3d), Linear, BatchNorm, GroupNorm, LayerNorm or Embedding.
+
+    Returns:
+        The pair, or None for another kind of module or one whose parameters are absent or
+        not yet materialised (lazy modules).
+    """
+    if isinstance(layer, (*_CONV, nn.Linear, nn.Embedding)):
+        shape = _shape(getattr(layer, "weight", None))
+        if shape is None or len(shape) < 2:
+            return None
+        groups = int(getattr(layer, "groups", 1))
+        if isinstance(layer, _TRANSPOSED):
+            return shape[0], shape[1] * groups
+        if isinstance(layer, _CONV):
+            return shape[1] * groups, shape[0]
+        if isinstance(layer, nn.Embedding):
+            return shape[0], shape[1]
+        return shape[1], shape[0]
+    if isinstance(layer, nn.LayerNorm):
+        shape = _shape(layer.weight) or _shape(layer.bias)
+        return (shape[-1], shape[-1]) if shape else None
+    if isinstance(layer, _NORM):
+        width = _norm_width(layer)
+        return None if width is None else (width, width)
+    return None
+
+
+def _attr_widths(layer: nn.Module) -> tuple[int, int] | None:
+    """``(in, out)`` as the layer's attributes state them (a lazy or weight-less layer's only source)."""
     if isinstance(layer, _CONV):
-        return Signature("channels", int(layer.out_channels), name)
+        return int(layer.in_channels), int(layer.out_channels)
     if isinstance(layer, nn.Linear):
-        return Signature("features", int(layer.out_features), name)
-    return _in_of(name, layer)  # norms keep their width
+        return int(layer.in_features), int(layer.out_features)
+    if isinstance(layer, nn.Embedding):
+        return int(layer.num_embeddings), int(layer.embedding_dim)
+    if isinstance(layer, nn.LayerNorm):
+        return int(layer.normalized_shape[-1]), int(layer.normalized_shape[-1])
+    if isinstance(layer, nn.GroupNorm):
+        return int(layer.num_channels), int(layer.num_channels)
+    if isinstance(layer, _BATCHNORM):
+        return int(layer.num_features), int(layer.num_features)
+    return None
+
+
+def _widths(layer: nn.Module) -> tuple[int, int]:
+    widths = layer_widths(layer) or _attr_widths(layer)
+    if widths is None:
+        raise TypeError(
+            f"layer must be a Conv/ConvTranspose, Linear, BatchNorm, GroupNorm, LayerNorm or Embedding layer, "
+            f"got {type(layer).__name__}"
+        )
+    return widths
+
+
+def _kind(layer: nn.Module) -> Literal["channels", "features"]:
+    return "features" if isinstance(layer, (nn.Linear, nn.Embedding, nn.LayerNorm)) else "channels"
+
+
+def in_width(layer: nn.Module) -> int:
+    """Input channels/features of one layer, from its parameters (see :func:`layer_widths`);
+    its attributes only when it has no materialised parameters (a lazy layer).
+
+    Raises:
+        TypeError: ``layer`` is not one of the layers :func:`layer_widths` reads.
+    """
+    return _widths(layer)[0]
+
+
+def out_width(layer: nn.Module) -> int:
+    """Output channels/features of one layer, from its parameters (see :func:`in_width`).
+
+    Raises:
+        TypeError: ``layer`` is not one of the layers :func:`layer_widths` reads.
+    """
+    return _widths(layer)[1]
+
+
+def _in_of(name: str, layer: nn.Module) -> Signature:
+    return Signature(_kind(layer), in_width(layer), name)
+
+
+def _out_of(name: str, layer: nn.Module) -> Signature:
+    return Signature(_kind(layer), out_width(layer), name)
 
 
 def input_signature(module: nn.Module) -> Signature | None:
-    """Input channels/features read from the first layer, or None when there is none."""
+    """Input channels/features read from the first layer's parameters, or None when there is none."""
     found = first_layer(module)
     return _in_of(*found) if found else None
 
 
 def output_signature(module: nn.Module) -> Signature | None:
-    """Output channels/features read from the last layer, or None when there is none."""
+    """Output channels/features read from the last layer's parameters, or None when there is none."""
     found = last_layer(module)
     return _out_of(*found) if found else None
+
+
+@dataclass(frozen=True)
+class AttributeMismatch:
+    """A layer attribute that disagrees with the layer's own parameters.
+
+    Attributes:
+        attribute: The attribute, e.g. ``"out_features"``, or a parameter such as ``"bias"``
+            whose shape disagrees with the weight.
+        value: What it says (an int, a tuple for ``normalized_shape``, a shape for a parameter).
+        tensor: The parameter or buffer it was compared with, e.g. ``"weight"``.
+        shape: That tensor's shape.
+        rebuild: Constructor call of a layer that matches the parameters, e.g. ``"nn.Linear(1024, 2)"``
+            (None when there is no simple one).
+    """
+
+    attribute: str
+    value: object
+    tensor: str
+    shape: tuple[int, ...]
+    rebuild: str | None
+
+
+def attribute_mismatches(layer: nn.Module) -> list[AttributeMismatch]:
+    """Where ``layer``'s attributes (``in_features``, ``out_channels``, ``num_features``,
+    ``normalized_shape``, ``embedding_dim``, …) or its bias/running statistics disagree with
+    the shape of its weight.
+
+    Args:
+        layer: Any module; only Conv/ConvTranspose, Linear, BatchNorm, GroupNorm, LayerNorm and
+            Embedding layers are read.
+
+    Returns:
+        One entry per disagreement; empty for a consistent layer, another kind of module, or
+        a lazy one whose parameters are not materialised yet.
+    """
+    weight = _shape(getattr(layer, "weight", None))
+    widths = layer_widths(layer)
+    found: list[AttributeMismatch] = []
+    rebuild: str | None
+
+    def compare(name: str, real: object, tensor: str, shape: tuple[int, ...], rebuild: str | None) -> None:
+        value = getattr(layer, name, None)
+        if isinstance(value, (int, tuple)) and not isinstance(value, bool) and value != real:
+            found.append(AttributeMismatch(name, value, tensor, shape, rebuild))
+
+    def vectors(names: tuple[str, ...], wanted: tuple[int, ...], tensor: str, shape: tuple[int, ...], rebuild: str | None) -> None:
+        for name in names:
+            got = _shape(getattr(layer, name, None))
+            if got is not None and got != wanted:
+                found.append(AttributeMismatch(name, got, tensor, shape, rebuild))
+
+    if widths is None:
+        return found
+    if isinstance(layer, (*_CONV, nn.Linear)) and weight is not None:
+        rebuild = _rebuild(layer, widths)
+        names = ("in_features", "out_features") if isinstance(layer, nn.Linear) else ("in_channels", "out_channels")
+        for name, real in zip(names, widths, strict=True):
+            compare(name, real, "weight", weight, rebuild)
+        vectors(("bias",), (widths[1],), "weight", weight, rebuild)
+    elif isinstance(layer, nn.Embedding) and weight is not None:
+        rebuild = f"nn.Embedding({widths[0]}, {widths[1]})"
+        compare("num_embeddings", widths[0], "weight", weight, rebuild)
+        compare("embedding_dim", widths[1], "weight", weight, rebuild)
+    elif isinstance(layer, nn.LayerNorm):
+        tensor = "weight" if weight is not None else "bias"
+        full = weight if weight is not None else _shape(layer.bias)
+        if full is not None:
+            compare("normalized_shape", full, tensor, full, f"nn.LayerNorm({_tuple_text(full)})")
+            if weight is not None:
+                vectors(("bias",), full, tensor, full, None)
+    elif isinstance(layer, _NORM):
+        tensor = next(n for n in ("weight", "bias", "running_mean", "running_var") if _shape(getattr(layer, n, None)))
+        shape = (widths[0],)
+        if isinstance(layer, nn.GroupNorm):
+            rebuild = f"nn.GroupNorm({layer.num_groups}, {widths[0]})"
+            compare("num_channels", widths[0], tensor, shape, rebuild)
+        else:
+            rebuild = f"nn.{type(layer).__name__}({widths[0]})" if type(layer) in _BATCHNORM else None
+            compare("num_features", widths[0], tensor, shape, rebuild)
+        others = tuple(n for n in ("weight", "bias", "running_mean", "running_var") if n != tensor)
+        vectors(others, shape, tensor, shape, rebuild)
+    return found
+
+
+def _tuple_text(shape: tuple[int, ...]) -> str:
+    return str(shape[0]) if len(shape) == 1 else str(tuple(shape))
+
+
+def _arg(value: tuple[int, ...]) -> str:
+    """``3`` for ``(3, 3)``, ``(1, 2)`` as is: how a conv's per-dimension arguments are written."""
+    return str(value[0]) if len(set(value)) == 1 else str(tuple(value))
+
+
+def _rebuild(layer: nn.Module, widths: tuple[int, int]) -> str:
+    """``nn.Linear(1024, 2)`` / ``nn.Conv2d(256, 91, kernel_size=1)`` sized like the layer's weight."""
+    cls = f"nn.{type(layer).__name__}" if type(layer).__module__.startswith("torch.nn") else type(layer).__name__
+    if isinstance(layer, nn.Linear):
+        bias = "" if layer.bias is not None else ", bias=False"
+        return f"{cls}({widths[0]}, {widths[1]}{bias})"
+    conv = cast(nn.modules.conv._ConvNd, layer)
+    args = [str(widths[0]), str(widths[1]), f"kernel_size={_arg(tuple(conv.kernel_size))}"]
+    defaults = (("stride", 1), ("padding", 0), ("output_padding", 0), ("dilation", 1))
+    for name, default in defaults:
+        value = getattr(conv, name, default)
+        if isinstance(value, tuple) and any(v != default for v in value):
+            args.append(f"{name}={_arg(tuple(value))}")
+        elif isinstance(value, str):
+            args.append(f"{name}={value!r}")
+    if conv.groups != 1:
+        args.append(f"groups={conv.groups}")
+    if conv.bias is None:
+        args.append("bias=False")
+    if conv.padding_mode != "zeros":
+        args.append(f"padding_mode={conv.padding_mode!r}")
+    return f"{cls}({', '.join(args)})"
 
 
 # --------------------------------------------------------------------------- meta probe
@@ -202,9 +449,6 @@ def meta_probe(module: nn.Module, *args: Any, **kwargs: Any) -> ProbeResult:
     return ProbeResult(error=error, where=where, inconclusive=_is_probe_limitation(error))
 
 
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
 def _check_transposed_input(m: nn.Module, inputs: tuple[Any, ...]) -> None:
     conv = cast(nn.modules.conv._ConvTransposeNd, m)
     x = inputs[0] if inputs else None
@@ -230,27 +474,14 @@ def _guard_transposed(module: nn.Module) -> list[Any]:
 
 def _locate_failure(module: nn.Module, state: dict[str, torch.Tensor], args: Any, kwargs: Any) -> str:
     """Re-run a failed probe with hooks to find the innermost submodule that raised."""
-    names = {id(m): n for n, m in module.named_modules()}
-    stack: list[str] = []
-
-    def pre(m: nn.Module, _inp: Any) -> None:
-        stack.append(names.get(id(m), ""))
-
-    def post(m: nn.Module, _inp: Any, _out: Any) -> None:
-        if stack:
-            stack.pop()
-
-    handles = []
-    try:
-        for m in module.modules():
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post))
-        handles += _guard_transposed(module)  # after ``pre``, so the raising module is on the stack
-        with torch.no_grad():
-            functional_call(module, state, args, kwargs, tie_weights=False, strict=False)
-    except Exception:  # noqa: BLE001 - the failure is expected; we only want where it happened
-        return stack[-1] if stack else ""
-    finally:
-        for h in handles:
-            h.remove()
+    with ModuleStack(module) as stack:
+        guards = _guard_transposed(module)  # after the stack's hooks, so the raising module is on the stack
+        try:
+            with torch.no_grad():
+                functional_call(module, state, args, kwargs, tie_weights=False, strict=False)
+        except Exception:  # noqa: BLE001 - the failure is expected; we only want where it happened
+            return stack.innermost() or ""
+        finally:
+            for h in guards:
+                h.remove()
     return ""

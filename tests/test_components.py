@@ -11,6 +11,7 @@ from torch import nn
 
 import surgery
 from surgery import Component, NotAModuleError, Overview, components, inspect, paths
+from surgery.signature import MultiSignature
 from tests.conftest import DETECTION_BUILDERS
 from tests.helpers import DENSE_SLOTS, KEYPOINT_TRIPLE, MASK_TRIPLE, RCNN_BASE, SSD_SLOTS, build, fingerprint
 
@@ -32,7 +33,9 @@ def expected_slots(name: str) -> tuple[str, list[str]]:
     raise AssertionError(f"no expectation written for builder {name!r}")
 
 
-def sig(value: surgery.Signature | None) -> tuple[str, int | tuple[int, ...]] | None:
+def sig(value: surgery.Signature | MultiSignature | None) -> tuple[str, int | tuple[int, ...]] | None:
+    if isinstance(value, MultiSignature):
+        return (value.kind, value.sizes)
     return None if value is None else (value.kind, value.size)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 from collections.abc import Callable
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads
 
@@ -481,3 +483,52 @@ def test_a_class_without_source_is_never_reported() -> None:
 )
 def test_stock_detection_models_have_no_orphans(shared: Callable[..., nn.Module], name: str) -> None:
     assert find_orphans(shared(name)) == []
+
+
+# --------------------------------------------------------------------------- parameter-free orphans, python fix texts
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = lin()
+        self.act = nn.ReLU()  # registered, never called
+        self.extra = nn.Linear(4, 2)  # registered, never called
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc(x))
+
+
+def test_orphan_without_parameters_is_a_warning_and_indexed_fixes_are_python() -> None:
+    model = nn.Sequential(Block(), Block())
+    findings = {f.paths[0]: f for f in find_orphans(model)}
+    assert sorted(findings) == ["0.act", "0.extra", "1.act", "1.extra"]
+    act, extra = findings["1.act"], findings["1.extra"]
+    assert (act.severity, act.code, act.paths) == ("warning", "orphan-module", ("1.act",))
+    assert act.message == (
+        "1.act (ReLU, 0 parameters) is registered on 1 (Block), but Block.forward never uses it, so it never runs"
+    )
+    assert act.fix == "del model[1].act  # or call it from Block.forward"
+    # a twin with parameters elsewhere is proposed; a stateless one never is
+    assert (extra.severity, extra.paths) == ("error", ("1.extra", "0.extra"))
+    assert extra.fix == "model[0].extra = model[1].extra; del model[1].extra"
+    for finding in findings.values():
+        assert finding.fix is not None
+        ast.parse(finding.fix)
+    report = surgery.check(model)
+    assert [f.severity for f in report.findings if f.code == "orphan-module"].count("warning") == 2
+
+
+@pytest.mark.parametrize("builder", ["resnet18", "resnet50", "resnext101_32x8d"])
+def test_quantizable_resnets_check_without_errors(builder: str) -> None:
+    model = getattr(torchvision.models.quantization, builder)(quantize=False, weights=None)
+    report = surgery.check(model)
+    assert report.errors == []
+    orphans = [f for f in report.findings if f.code == "orphan-module"]
+    # the inherited ``relu`` of each bottleneck (the quantizable block calls relu1..relu3 instead)
+    assert len(orphans) == {"resnet18": 0, "resnet50": 16, "resnext101_32x8d": 33}[builder]
+    assert {f.severity for f in orphans} <= {"warning"}
+    if orphans:
+        assert orphans[0].paths == ("layer1.0.relu",)
+        assert orphans[0].fix == "del model.layer1[0].relu  # or call it from QuantizableBottleneck.forward"
+        ast.parse(orphans[0].fix)

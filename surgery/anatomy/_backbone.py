@@ -15,7 +15,7 @@ from surgery._util import first_line
 from surgery.anatomy._base import PROBE_BATCH, Context, Features, is_stock
 from surgery.anatomy._feed import finding
 from surgery.findings import Finding
-from surgery.signature import input_signature, output_signature
+from surgery.signature import input_signature, out_width, output_signature
 
 __all__ = ["backbone_features", "backbone_contracts_findings", "anchor_maps_findings", "FEATURES_KEY"]
 
@@ -50,8 +50,8 @@ def _static_fpn_features(backbone: nn.Module) -> Features | None:
     (width,) = widths
     channels: dict[str, int | None]
     if isinstance(fpn.extra_blocks, LastLevelP6P7):
-        p6, p7 = fpn.extra_blocks.p6.out_channels, fpn.extra_blocks.p7.out_channels
-        channels = {**dict.fromkeys(names, width), "p6": int(p6), "p7": int(p7)}
+        p6, p7 = out_width(fpn.extra_blocks.p6), out_width(fpn.extra_blocks.p7)
+        channels = {**dict.fromkeys(names, width), "p6": p6, "p7": p7}
     else:
         channels = dict.fromkeys(names + extra, width)
     return Features(names + extra, channels, "static")
@@ -59,7 +59,7 @@ def _static_fpn_features(backbone: nn.Module) -> Features | None:
 
 def _out(module: nn.Module) -> int | None:
     sig = output_signature(module)
-    return int(sig.size) if sig is not None and isinstance(sig.size, int) else None
+    return sig.size if sig is not None else None
 
 
 def backbone_features(ctx: Context, path: str = "backbone", image_size: int | None = None) -> Features | Finding:
@@ -121,7 +121,7 @@ def backbone_contracts_findings(ctx: Context, path: str = "backbone") -> Iterabl
                 break
             produced = _out(body._modules[layer])  # type: ignore[arg-type]
             sig = input_signature(fpn.inner_blocks[i])
-            if produced is not None and sig is not None and int(sig.size) != produced:  # type: ignore[arg-type]
+            if produced is not None and sig is not None and sig.size != produced:
                 yield finding(
                     "error",
                     "channel-mismatch",

@@ -15,7 +15,16 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 from surgery import paths
 from surgery._util import all_finite
 from surgery.findings import Finding
-from surgery.signature import ProbeResult, Signature, input_signature, meta_like, meta_probe, output_signature
+from surgery.signature import (
+    MultiSignature,
+    ProbeResult,
+    SlotSignature,
+    attribute_mismatches,
+    input_signature,
+    meta_like,
+    meta_probe,
+    output_signature,
+)
 
 __all__ = [
     "Slot",
@@ -29,6 +38,8 @@ __all__ = [
     "AdaptRule",
     "is_stock",
     "PROBE_BATCH",
+    "LAYER_CONTRACT",
+    "layer_attribute_findings",
 ]
 
 #: Batch (or RoI count) of meta probes: 2, so BatchNorm in train mode accepts 1×1 maps.
@@ -205,6 +216,35 @@ class AdaptRule:
     pool: str | None = None
 
 
+#: Name of the contract every model gets: each layer's attributes against its own parameter shapes.
+LAYER_CONTRACT = "layer attributes vs parameter shapes"
+
+
+def layer_attribute_findings(ctx: Context) -> Iterator[Finding]:
+    """A ``channel-mismatch`` for every layer of the model whose attributes (``out_features``,
+    ``in_channels``, ``num_features``, …) or bias disagree with its own weight, e.g. a weight
+    sliced in place that left ``out_features`` behind."""
+    for path, layer in ctx.model.named_modules():
+        for m in attribute_mismatches(layer):
+            where = paths.join(path, m.attribute)
+            shown = _shape_text(m.value) if m.attribute in ("bias", "weight", "running_mean", "running_var") else str(m.value)
+            verb = "has shape" if m.attribute in ("bias", "weight", "running_mean", "running_var") else "says"
+            message = (
+                f"{where or m.attribute} {verb} {shown} but its {m.tensor} has shape {_shape_text(m.shape)}; "
+                f"the layer ({type(layer).__name__}) was resized without being rebuilt, and code that reads "
+                f"{m.attribute} will size things wrongly"
+            )
+            target = paths.expression(path, ctx.model)
+            fix = f"{target} = {m.rebuild}" if m.rebuild else f"rebuild {target} with its weight's shape {_shape_text(m.shape)}"
+            yield Finding("error", "channel-mismatch", (path,) if path else (), message, fix)
+
+
+def _shape_text(shape: object) -> str:
+    if isinstance(shape, tuple) and len(shape) == 1:
+        return f"({shape[0]},)"
+    return str(tuple(shape)) if isinstance(shape, tuple) else str(shape)
+
+
 class Anatomy:
     """Knowledge of one model family: the one interface the rest of the package asks.
 
@@ -238,7 +278,14 @@ class Anatomy:
         raise NotImplementedError
 
     def contracts(self, model: nn.Module) -> list[Contract]:
-        """The contracts between this model's slots."""
+        """Every contract ``check`` runs on ``model``: the layer check every model gets, then
+        the family's own (:meth:`family_contracts`)."""
+        slots = tuple(s.path for s in self.slots(model))
+        # it checks each layer against its own weights, not how slots fit: it covers no slot
+        return [Contract(LAYER_CONTRACT, slots, layer_attribute_findings, covers=()), *self.family_contracts(model)]
+
+    def family_contracts(self, model: nn.Module) -> list[Contract]:
+        """The contracts between this family's slots; families override this, not :meth:`contracts`."""
         return []
 
     def declared_flow(self, model: nn.Module) -> list[tuple[str, str]]:
@@ -272,24 +319,25 @@ class Anatomy:
                     out.append((a, t))
         return out
 
-    def signatures(self, model: nn.Module, path: str) -> tuple[Signature | None, Signature | None]:
+    def signatures(self, model: nn.Module, path: str) -> tuple[SlotSignature | None, SlotSignature | None]:
         """Static (input, output) signature of a slot; families override ambiguous ones.
 
         Multi-scale modules get one width per feature map: an ``IntermediateLayerGetter``
         body outputs the width of each returned layer, an FPN takes one per inner block.
         """
         module = paths.get(model, path)
-        in_sig, out_sig = input_signature(module), output_signature(module)
+        in_sig: SlotSignature | None = input_signature(module)
+        out_sig: SlotSignature | None = output_signature(module)
         if isinstance(module, IntermediateLayerGetter):
             widths = []
             for name, child in module.named_children():
                 if name in module.return_layers:
                     sig = output_signature(child)
-                    widths.append(int(sig.size) if sig is not None and isinstance(sig.size, int) else 0)
-            out_sig = Signature("channels", tuple(widths), "return_layers")
+                    widths.append(sig.size if sig is not None else 0)
+            out_sig = MultiSignature("channels", tuple(widths), "return_layers")
         elif isinstance(module, FeaturePyramidNetwork):
             ins = [input_signature(b) for b in module.inner_blocks]
-            in_sig = Signature("channels", tuple(int(s.size) if s and isinstance(s.size, int) else 0 for s in ins), "inner_blocks")
+            in_sig = MultiSignature("channels", tuple(s.size if s is not None else 0 for s in ins), "inner_blocks")
             out_sig = output_signature(module.layer_blocks[0]) if len(module.layer_blocks) else None
         return in_sig, out_sig
 

@@ -63,7 +63,7 @@ def feed(
         else:
             expected = flow.width
 
-    static_mismatch = in_sig is not None and expected is not None and int(in_sig.size) != expected  # type: ignore[arg-type]
+    static_mismatch = in_sig is not None and expected is not None and in_sig.size != expected
 
     out: Flow | None = None
     if stock:
@@ -73,9 +73,9 @@ def feed(
             return findings, None
         out_sig = output_signature(module)
         if flow.shape is not None and in_sig is not None and in_sig.kind == "channels" and len(flow.shape) > 1 and out_sig is not None:
-            out = Flow((int(out_sig.size), *flow.shape[1:]), int(out_sig.size)) if out_sig.kind == "channels" else Flow((int(out_sig.size),), int(out_sig.size))  # type: ignore[arg-type]
+            out = Flow((out_sig.size, *flow.shape[1:]), out_sig.size) if out_sig.kind == "channels" else Flow((out_sig.size,), out_sig.size)
         elif out_sig is not None:
-            out = Flow((int(out_sig.size),), int(out_sig.size))  # type: ignore[arg-type]
+            out = Flow((out_sig.size,), out_sig.size)
         return findings, out
 
     if flow.shape is None:

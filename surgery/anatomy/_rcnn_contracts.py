@@ -23,7 +23,7 @@ from surgery.anatomy._backbone import anchor_maps_findings, backbone_contracts_f
 from surgery.anatomy._base import PROBE_BATCH, Context, Contract, Features
 from surgery.anatomy._feed import Flow, feed, finding, looks_like_shape, pool_size
 from surgery.findings import Finding, Severity
-from surgery.signature import input_signature, meta_like, output_signature
+from surgery.signature import in_width, input_signature, meta_like, out_width, output_signature
 
 __all__ = ["BRANCHES", "contracts"]
 
@@ -94,9 +94,9 @@ def _rpn_anchors(ctx: Context) -> Iterable[Finding]:
         return
     head = ctx.get("rpn.head")
     if isinstance(head, RPNHead):
-        cls_out = int(head.cls_logits.out_channels)
-        box_out = int(head.bbox_pred.out_channels)
-        width = int(head.cls_logits.in_channels)
+        cls_out = out_width(head.cls_logits)
+        box_out = out_width(head.bbox_pred)
+        width = in_width(head.cls_logits)
     else:
         feats = _features(ctx)
         if isinstance(feats, Finding):
@@ -211,7 +211,7 @@ def _head_fix(kind: str, head: nn.Module, width: int, out_size: tuple[int, int])
         if sig is not None and sig.kind == "features":
             return f"model.roi_heads.box_head = TwoMLPHead({width} * {out_size[0]} * {out_size[1]}, {rep.size if rep else 1024})"
         return f"rebuild roi_heads.box_head to take {width}-channel {out_size[0]}×{out_size[1]} RoI features"
-    layers = tuple(int(m.out_channels) for m in head.modules() if isinstance(m, nn.Conv2d))
+    layers = tuple(out_width(m) for m in head.modules() if isinstance(m, nn.Conv2d))
     cls = "MaskRCNNHeads" if kind == "mask" else "KeypointRCNNHeads"
     args = f"{width}, {layers or (256,)}, 1" if kind == "mask" else f"{width}, {layers or (512,)}"
     return f"model.roi_heads.{kind}_head = {cls}({args})"
@@ -222,38 +222,38 @@ def _predictor_fix(kind: str, predictor: nn.Module, width: int | None) -> str:
         classes = _box_num_classes(predictor)
         return f"model.roi_heads.box_predictor = FastRCNNPredictor({width}, {classes or 'num_classes'})"
     if kind == "mask":
-        dim = int(predictor.conv5_mask.out_channels) if isinstance(predictor, MaskRCNNPredictor) else 256
+        dim = out_width(predictor.conv5_mask) if isinstance(predictor, MaskRCNNPredictor) else 256
         classes = _mask_num_classes(predictor)
         return f"model.roi_heads.mask_predictor = MaskRCNNPredictor({width}, {dim}, {classes or 'num_classes'})"
-    kps = int(predictor.kps_score_lowres.out_channels) if isinstance(predictor, KeypointRCNNPredictor) else "num_keypoints"
+    kps = out_width(predictor.kps_score_lowres) if isinstance(predictor, KeypointRCNNPredictor) else "num_keypoints"
     return f"model.roi_heads.keypoint_predictor = KeypointRCNNPredictor({width}, {kps})"
 
 
 def _box_num_classes(predictor: nn.Module) -> int | None:
     if isinstance(predictor, FastRCNNPredictor):
-        return int(predictor.cls_score.out_features)
+        return out_width(predictor.cls_score)
     return None
 
 
 def _mask_num_classes(predictor: nn.Module) -> int | None:
     if isinstance(predictor, MaskRCNNPredictor):
-        return int(predictor.mask_fcn_logits.out_channels)
+        return out_width(predictor.mask_fcn_logits)
     sig = output_signature(predictor)
-    return int(sig.size) if sig is not None and isinstance(sig.size, int) else None
+    return sig.size if sig is not None else None
 
 
 def _box_outputs(ctx: Context) -> tuple[int, int] | None:
     """(classes, box deltas) of the box predictor, statically or by probe."""
     predictor = ctx.get("roi_heads.box_predictor")
     if isinstance(predictor, FastRCNNPredictor):
-        return int(predictor.cls_score.out_features), int(predictor.bbox_pred.out_features)
+        return out_width(predictor.cls_score), out_width(predictor.bbox_pred)
     sig = input_signature(predictor)
     width = None
-    if sig is not None and isinstance(sig.size, int):
+    if sig is not None:
         width = sig.size
     elif ctx.has("roi_heads.box_head"):
         out = output_signature(ctx.get("roi_heads.box_head"))
-        width = int(out.size) if out is not None and isinstance(out.size, int) else None
+        width = out.size if out is not None else None
     if width is None:
         return None
     probe = ctx.probe("roi_heads.box_predictor", (PROBE_BATCH, width))
@@ -286,17 +286,33 @@ def _mask_classes(ctx: Context) -> Iterable[Finding]:
     mask_classes = _mask_num_classes(predictor)
     if not isinstance(predictor, MaskRCNNPredictor):
         in_sig = input_signature(predictor)
-        if in_sig is not None and isinstance(in_sig.size, int):
+        if in_sig is not None:
             probe = ctx.probe("roi_heads.mask_predictor", (PROBE_BATCH, in_sig.size, 14, 14))
             if probe.ok and isinstance(probe.output, torch.Tensor):
                 mask_classes = int(probe.output.shape[1])
     if mask_classes is not None and mask_classes != classes:
         width = input_signature(predictor)
-        dim = int(predictor.conv5_mask.out_channels) if isinstance(predictor, MaskRCNNPredictor) else 256
+        dim = out_width(predictor.conv5_mask) if isinstance(predictor, MaskRCNNPredictor) else 256
         yield finding("error", "num-classes-mismatch", ("roi_heads.box_predictor", "roi_heads.mask_predictor"),
                       f"roi_heads.box_predictor has {classes} classes but roi_heads.mask_predictor predicts "
                       f"{mask_classes} mask channels; masks are picked by the box's class label, so they must agree",
                       f"model.roi_heads.mask_predictor = MaskRCNNPredictor({width.size if width else 256}, {dim}, {classes})")
+
+
+def _keypoint_count(ctx: Context) -> Iterable[Finding]:
+    """A keypoint predictor's ``out_channels`` (the keypoint count the targets and the loss use)
+    against the heatmaps its ``kps_score_lowres`` really outputs."""
+    predictor = ctx.get("roi_heads.keypoint_predictor")
+    if not isinstance(predictor, KeypointRCNNPredictor):
+        return
+    declared = getattr(predictor, "out_channels", None)
+    heatmaps = out_width(predictor.kps_score_lowres)
+    if isinstance(declared, int) and declared != heatmaps:
+        width = in_width(predictor.kps_score_lowres)
+        yield finding("error", "channel-mismatch", ("roi_heads.keypoint_predictor",),
+                      f"roi_heads.keypoint_predictor.out_channels says {declared} keypoints but its kps_score_lowres "
+                      f"outputs {heatmaps} heatmaps; targets and the keypoint loss are sized by out_channels",
+                      f"model.roi_heads.keypoint_predictor = KeypointRCNNPredictor({width}, {heatmaps})")
 
 
 def _triples_complete(ctx: Context) -> Iterable[Finding]:
@@ -326,5 +342,6 @@ def contracts() -> list[Contract]:
                             functools.partial(_branch, kind=kind)))
     out.append(Contract("box predictor classes: cls_score vs bbox_pred/4", ("roi_heads.box_predictor",), _box_classes))
     out.append(Contract("mask predictor classes vs box predictor classes", ("roi_heads.box_predictor", "roi_heads.mask_predictor"), _mask_classes))
+    out.append(Contract("keypoint predictor: heatmaps vs out_channels", ("roi_heads.keypoint_predictor",), _keypoint_count))
     out.append(Contract("mask / keypoint triples complete", ("roi_heads",), _triples_complete, covers=()))
     return out

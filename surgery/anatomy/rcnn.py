@@ -21,7 +21,7 @@ from surgery.anatomy._base import AdaptRule, AttrUpdate, ClassLayer, Context, Co
 from surgery.anatomy._detection import DetectionAnatomy
 from surgery.anatomy._layers import int_attr, linear_default, need_layer
 from surgery.anatomy._rcnn_contracts import BRANCHES, contracts
-from surgery.signature import Signature
+from surgery.signature import Signature, SlotSignature, output_signature
 
 __all__ = ["RCNNAnatomy"]
 
@@ -106,20 +106,21 @@ class RCNNAnatomy(DetectionAnatomy):
         # a backbone with body/fpn is listed by its parts; an opaque one as a whole
         return [s for s in present if not (s.path == "backbone" and has_split)]
 
-    def signatures(self, model: nn.Module, path: str) -> tuple[Signature | None, Signature | None]:
+    def signatures(self, model: nn.Module, path: str) -> tuple[SlotSignature | None, SlotSignature | None]:
         in_sig, out_sig = super().signatures(model, path)
         module = model.get_submodule(path)
-        if isinstance(module, FastRCNNPredictor):
-            out_sig = Signature("features", int(module.cls_score.out_features), "cls_score")
-        elif isinstance(module, RPNHead):
-            out_sig = Signature("channels", int(module.cls_logits.out_channels), "cls_logits")
+        # the class scores / objectness, not the box deltas registered after them
+        layer = "cls_score" if isinstance(module, FastRCNNPredictor) else "cls_logits" if isinstance(module, RPNHead) else None
+        if layer is not None:
+            sig = output_signature(module.get_submodule(layer))
+            out_sig = Signature(sig.kind, sig.size, layer) if sig is not None else None
         return in_sig, out_sig
 
     def features(self, ctx: Context) -> Features | None:
         feats = backbone_features(ctx, "backbone", ctx.probe_image_size)
         return feats if isinstance(feats, Features) else None
 
-    def contracts(self, model: nn.Module) -> list[Contract]:
+    def family_contracts(self, model: nn.Module) -> list[Contract]:
         return contracts()
 
     # ----------------------------------------------------------------------- surgery knowledge

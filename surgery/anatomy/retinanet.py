@@ -14,7 +14,7 @@ from surgery.anatomy._detection import DetectionAnatomy
 from surgery.anatomy._feed import Flow, feed, finding
 from surgery.anatomy._layers import int_attr, need_layer, prior_init
 from surgery.findings import Finding
-from surgery.signature import input_signature
+from surgery.signature import input_signature, out_width
 
 __all__ = ["DenseAnatomy", "RetinaNetAnatomy"]
 
@@ -87,7 +87,7 @@ class DenseAnatomy(DetectionAnatomy):
         feats = backbone_features(ctx, "backbone")
         return feats if isinstance(feats, Features) else None
 
-    def contracts(self, model: nn.Module) -> list[Contract]:
+    def family_contracts(self, model: nn.Module) -> list[Contract]:
         return [
             Contract("backbone body → FPN → out_channels", ("backbone",), lambda ctx: backbone_contracts_findings(ctx, "backbone")),
             Contract("backbone channels → head inputs", ("backbone", CLS, REG), self._head_inputs),
@@ -127,7 +127,7 @@ class DenseAnatomy(DetectionAnatomy):
             width = feats.common_channels() if isinstance(feats, Features) else None
         if width is None:
             sig = input_signature(cls_head)
-            width = int(sig.size) if sig is not None and isinstance(sig.size, int) else None
+            width = sig.size if sig is not None else None
         if anchors is None:
             fn = getattr(ctx.get("anchor_generator"), "num_anchors_per_location", None) if ctx.has("anchor_generator") else None
             counts = sorted({int(a) for a in fn()}) if callable(fn) else []
@@ -166,7 +166,7 @@ class DenseAnatomy(DetectionAnatomy):
                           fix)
         if isinstance(logits, nn.Conv2d) and isinstance(classes, int):
             expect = a * classes
-            out = int(logits.out_channels)
+            out = out_width(logits)
             # a head built for another anchor count is already reported above
             if out != expect and not (isinstance(declared, int) and wrong_anchors and out == declared * classes):
                 code = "num-classes-mismatch" if out % a == 0 else "anchor-mismatch"
@@ -177,10 +177,10 @@ class DenseAnatomy(DetectionAnatomy):
                               fix)
         for layer, per in self.regression_outputs:
             conv = getattr(reg_head, layer, None)
-            if isinstance(conv, nn.Conv2d) and conv.out_channels != per * a:
+            if isinstance(conv, nn.Conv2d) and out_width(conv) != per * a:
                 yield finding("error", "anchor-mismatch", ("anchor_generator", f"{REG}.{layer}"),
                               f"anchor_generator makes {_count(a, 'anchor')} per location, so {REG}.{layer} must output "
-                              f"{per} × {a} = {per * a} channels, but it outputs {conv.out_channels}",
+                              f"{per} × {a} = {per * a} channels, but it outputs {out_width(conv)}",
                               fix)
 
 

@@ -86,7 +86,7 @@ class SSDAnatomy(DetectionAnatomy):
         feats = backbone_features(ctx, "backbone", _size(ctx))
         return feats if isinstance(feats, Features) else None
 
-    def contracts(self, model: nn.Module) -> list[Contract]:
+    def family_contracts(self, model: nn.Module) -> list[Contract]:
         return [Contract("feature maps → per-map heads, anchors, classes", ("backbone", "anchor_generator", CLS, REG), _ssd)]
 
 
@@ -129,17 +129,17 @@ def _ssd(ctx: Context) -> Iterable[Finding]:
         for head_path, entries in ((CLS, cls_list), (REG, reg_list)):
             out = output_signature(entries[i])
             findings, _ = feed(ctx, "backbone", Flow(None, width), f"{head_path}.module_list.{i}",
-                               fix=_conv_fix(head_path, i, entries[i], width, int(out.size) if out is not None else None))  # type: ignore[arg-type]
+                               fix=_conv_fix(head_path, i, entries[i], width, out.size if out is not None else None))
             yield from (finding(f.severity, f.code, f.paths, f"feature map '{name}': {f.message}", f.fix) for f in findings)
         cls_out = output_signature(cls_list[i])
         reg_out = output_signature(reg_list[i])
-        if reg_out is not None and int(reg_out.size) != 4 * a:  # type: ignore[arg-type]
+        if reg_out is not None and reg_out.size != 4 * a:
             yield finding("error", "anchor-mismatch", ("anchor_generator", f"{REG}.module_list.{i}"),
                           f"anchor_generator makes {a} default boxes per location on map '{name}', so "
                           f"{REG}.module_list.{i} must output 4 × {a} = {4 * a} channels, but it outputs {reg_out.size}",
                           _conv_fix(REG, i, reg_list[i], width, 4 * a))
         if cls_out is not None:
-            size = int(cls_out.size)  # type: ignore[arg-type]
+            size = cls_out.size
             if size % a:
                 yield finding("error", "anchor-mismatch", ("anchor_generator", f"{CLS}.module_list.{i}"),
                               f"{CLS}.module_list.{i} outputs {size} channels, not a multiple of the {a} default boxes "

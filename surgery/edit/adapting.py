@@ -158,7 +158,7 @@ def _produced_width(model: nn.Module, rule: AdaptRule) -> int | None:
     """Channels/features the head emits: read statically for torch/torchvision modules, probed otherwise."""
     head = paths.get(model, rule.producer)
     static = output_signature(head)
-    static_width = int(static.size) if static is not None and isinstance(static.size, int) else None
+    static_width = static.size if static is not None else None
     if is_stock(head) and static_width is not None:
         return static_width
     feats = backbone_features(Context(model), "backbone")

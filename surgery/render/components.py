@@ -17,6 +17,7 @@ from surgery.findings import Finding
 from surgery.overview import Component, components, count_params, human
 from surgery.render.graph import Cluster, Edge, Graph, Node
 from surgery.render.labels import diff_title, flow_kind, legend_entries, shape_label, shapes_text, trainable_text
+from surgery.signature import Signature
 
 if TYPE_CHECKING:
     from surgery.trace import Trace
@@ -60,7 +61,7 @@ def _static_label(
             if b == src and a in comps and comps[a].out_sig is not None
             and anatomy.carries_features(model, a)
         ]
-        channels = [sig.size for sig in feeding if sig is not None and sig.kind == "channels" and isinstance(sig.size, int)]
+        channels = [sig.size for sig in feeding if isinstance(sig, Signature) and sig.kind == "channels"]
         size = producer.output_size if isinstance(producer.output_size, (tuple, list)) else (producer.output_size,) * 2
         if channels:
             return f"{channels[0]}×" + "×".join(map(str, size))
