@@ -97,7 +97,7 @@ def test_nothing_checkable_is_never_a_bare_ok() -> None:
     assert report.ok  # no error: the exit code does not change
     text = str(report)
     assert "ok" not in text.splitlines()[0]
-    assert text.splitlines()[0] == "surgery check: _NoLayers: no findings, but nothing specific was checked (1 generic checks ran)"
+    assert text.splitlines()[0] == "surgery check: _NoLayers: no findings, but nothing specific was checked (2 generic checks ran)"
     assert text.splitlines()[1] == (
         "coverage: nothing specific to this model could be checked: no family knows it (generic anatomy) and the whole-model "
         "probe skipped: no input could be inferred: the model has no Conv, Linear or Embedding layer to read one from"

@@ -167,7 +167,7 @@ def test_consistent_stock_models_have_no_attribute_mismatch(maskrcnn: nn.Module)
 
 
 def test_generic_model_gets_the_layer_check_with_an_indexed_fix() -> None:
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Conv1d(8, 8, 1), nn.Linear(8, 3)))
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 3)))
     slice_rows(model[2][1], 2)
     report = surgery.check(model)
     assert LAYER_CONTRACT in report.checked
