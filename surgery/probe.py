@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from surgery import paths
 from surgery._state import preserved
-from surgery._util import first_line, tensors_in
+from surgery._util import ModuleStack, first_line, tensors_in
 from surgery.anatomy import Anatomy
 from surgery.findings import Finding
 from surgery.signature import Signature, _guard_transposed, _is_probe_limitation, _meta_state, input_signature
@@ -72,37 +72,26 @@ def _describe(value: Any) -> str:
     return ", ".join(shapes)
 
 
-class _Watch:
-    """Forward hooks that record which module produced each tensor and what each module received."""
+class _Watch(ModuleStack):
+    """The module stack, plus which module produced each tensor and what each module received."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.names = {id(m): n for n, m in model.named_modules()}
-        self.stack: list[tuple[str, tuple[Any, ...]]] = []
+        super().__init__(model)
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []  # the running modules with their inputs
         self.producer: dict[int, str] = {}
         self.alive: list[Tensor] = []  # keeps tagged tensors alive so their ids stay unique
         self.completed: list[str] = []
         self.last_leaf: str | None = None
-        self.handles: list[Any] = []
 
-    def __enter__(self) -> _Watch:
-        for m in self.model.modules():
-            self.handles.append(m.register_forward_pre_hook(self._pre))
-            self.handles.append(m.register_forward_hook(self._post))
-        return self
+    def _push(self, module: nn.Module, args: Any) -> None:
+        super()._push(module, args)
+        self.calls.append((self.path(module), args))
 
-    def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-
-    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.stack.append((self.names.get(id(module), ""), args))
-
-    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        path = self.names.get(id(module), "")
-        while self.stack:
-            if self.stack.pop()[0] == path:
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        super()._pop(module, args, output)
+        path = self.path(module)
+        while self.calls:
+            if self.calls.pop()[0] == path:
                 break
         for t in tensors_in(output):
             self.producer[id(t)] = path  # an outer module returning the same tensor takes it over
@@ -220,7 +209,7 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320) -> Mo
                 guards = _guard_transposed(model)
                 output = functional_call(model, state, inputs, {}, tie_weights=False, strict=False)
         except Exception as e:  # noqa: BLE001 - any failure inside user code becomes a finding or a stop
-            where, args = watch.stack[-1] if watch.stack else ("", inputs)
+            where, args = watch.calls[-1] if watch.calls else ("", inputs)
             if _is_probe_limitation(e):
                 return ModelProbe("stopped", f"{where or '<model>'} ran an op that cannot run on meta ({first_line(e)[:80]})",
                                   described, list(watch.completed))

@@ -39,7 +39,6 @@ __all__ = [
     "output_signature",
     "meta_probe",
     "meta_like",
-    "shapes_of",
 ]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -364,17 +363,6 @@ def _rebuild(layer: nn.Module, widths: tuple[int, int]) -> str:
 def meta_like(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """An uninitialised tensor of ``shape`` on the meta device (no memory)."""
     return torch.empty(tuple(shape), device="meta", dtype=dtype)
-
-
-def shapes_of(value: Any) -> Any:
-    """Shapes of every tensor in a nested structure of tuples, lists and dicts."""
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    if isinstance(value, dict):
-        return {k: shapes_of(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(shapes_of(v) for v in value) if isinstance(value, list) else tuple(shapes_of(v) for v in value)
-    return None
 
 
 @dataclass
