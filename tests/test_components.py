@@ -111,19 +111,25 @@ def test_component_listing_follows_edits(maskrcnn: nn.Module) -> None:
     assert head.params == 256 * 128 * 9 + 128
 
 
-def test_generic_model_lists_its_top_level_children(shared: Callable[..., nn.Module]) -> None:
-    model = shared("resnet18")
+def test_generic_model_lists_its_top_level_children() -> None:
+    # a user's own network: no family knows it, so its top-level children are its components
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
     listed = components(model)
-    assert [c.path for c in listed] == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
-    assert [c.type for c in listed] == [
-        "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Sequential", "Sequential", "Sequential", "Sequential", "AdaptiveAvgPool2d", "Linear",
-    ]
+    assert [c.path for c in listed] == ["0", "1", "2", "3", "4", "5"]
+    assert [c.type for c in listed] == ["Conv2d", "BatchNorm2d", "ReLU", "AdaptiveAvgPool2d", "Flatten", "Linear"]
     by_path = {c.path: c for c in listed}
-    assert by_path["fc"].params == 512 * 1000 + 1000
-    assert sig(by_path["fc"].in_sig) == ("features", 512) and sig(by_path["fc"].out_sig) == ("features", 1000)
-    assert sig(by_path["conv1"].in_sig) == ("channels", 3) and sig(by_path["conv1"].out_sig) == ("channels", 64)
+    assert by_path["5"].params == 64 * 10 + 10
+    assert sig(by_path["5"].in_sig) == ("features", 64) and sig(by_path["5"].out_sig) == ("features", 10)
+    assert sig(by_path["0"].in_sig) == ("channels", 3) and sig(by_path["0"].out_sig) == ("channels", 64)
     assert sum(c.params for c in listed) == sum(p.numel() for p in model.parameters())
     assert inspect(model, depth=0).family == "generic"
+
+
+def test_resnet18_lists_its_body_and_head(shared: Callable[..., nn.Module]) -> None:
+    listed = components(shared("resnet18"))
+    assert [c.path for c in listed] == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    assert {c.path: sig(c.in_sig) for c in listed}["fc"] == ("features", 512)
+    assert inspect(shared("resnet18"), depth=0).family == "classification"
 
 
 def test_component_to_dict_and_str(maskrcnn: nn.Module) -> None:

@@ -9,16 +9,18 @@ from __future__ import annotations
 from torch import nn
 
 from surgery.anatomy._base import Anatomy, Context, Contract, Features, Slot
+from surgery.anatomy.classification import ClassificationAnatomy
 from surgery.anatomy.fcos import FCOSAnatomy
 from surgery.anatomy.generic import GenericAnatomy
 from surgery.anatomy.rcnn import RCNNAnatomy
 from surgery.anatomy.retinanet import RetinaNetAnatomy
 from surgery.anatomy.ssd import SSDAnatomy
+from surgery.anatomy.video import VideoAnatomy
 
 __all__ = ["Anatomy", "Context", "Contract", "Features", "Slot", "anatomy_for", "register", "REGISTRY"]
 
 #: Anatomies tried in order; the generic one always matches last.
-REGISTRY: list[type[Anatomy]] = [RCNNAnatomy, RetinaNetAnatomy, FCOSAnatomy, SSDAnatomy]
+REGISTRY: list[type[Anatomy]] = [RCNNAnatomy, RetinaNetAnatomy, FCOSAnatomy, SSDAnatomy, ClassificationAnatomy, VideoAnatomy]
 
 
 def register(anatomy: type[Anatomy], *, first: bool = True) -> type[Anatomy]:

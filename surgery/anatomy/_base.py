@@ -173,7 +173,7 @@ class ClassLayer:
     """One class-dependent layer, whose outputs are ``anchors × classes × per_class``, anchor first.
 
     Attributes:
-        path: Dotted path of the layer (an ``nn.Linear`` or ``nn.Conv2d``).
+        path: Dotted path of the layer (an ``nn.Linear``, ``nn.Conv2d`` or ``nn.Conv3d``).
         slot: The slot it belongs to (what ``check`` is scoped to).
         anchors: Anchor groups in its output (1 for predictors without anchors).
         per_class: Outputs per class and anchor (4 for a box regressor, else 1).
@@ -187,7 +187,7 @@ class ClassLayer:
     anchors: int
     per_class: int
     old_classes: int
-    init: Callable[[nn.Linear | nn.Conv2d], None]
+    init: Callable[[nn.Linear | nn.Conv2d | nn.Conv3d], None]
     init_name: str
 
 

@@ -42,7 +42,7 @@ def _branch_on(model: nn.Module, name: str) -> bool:
     return bool(check()) if callable(check) else False
 
 
-def _mask_logits_init(layer: nn.Linear | nn.Conv2d) -> None:
+def _mask_logits_init(layer: nn.Linear | nn.Conv2d | nn.Conv3d) -> None:
     # MaskRCNNPredictor: kaiming_normal_(fan_out, relu) on weights; its bias line is commented
     # out in torchvision, so the bias keeps nn.Conv2d's default initialisation.
     nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")

@@ -30,14 +30,14 @@ __all__ = ["ClassChange", "KeepSpec", "normalise_keep", "resize_classes"]
 #: ``{new_index: old_index}``, or a sequence whose item ``i`` is the old index new class ``i`` takes.
 KeepSpec = Mapping[int, int] | Sequence[int]
 
-_Layer = nn.Linear | nn.Conv2d
+_Layer = nn.Linear | nn.Conv2d | nn.Conv3d
 
 
 def _describe(layer: nn.Module) -> str:
     if isinstance(layer, nn.Linear):
         return f"Linear({layer.in_features}, {layer.out_features})"
-    if isinstance(layer, nn.Conv2d):
-        return f"Conv2d({layer.in_channels}, {layer.out_channels}, kernel_size={tuple(layer.kernel_size)})"
+    if isinstance(layer, (nn.Conv2d, nn.Conv3d)):
+        return f"{type(layer).__name__}({layer.in_channels}, {layer.out_channels}, kernel_size={tuple(layer.kernel_size)})"
     return type(layer).__name__
 
 
@@ -137,7 +137,8 @@ def _fresh(old: _Layer, out: int, init: Callable[[_Layer], None]) -> _Layer:
     else:
         geometry: dict[str, Any] = {"kernel_size": old.kernel_size, "stride": old.stride, "padding": old.padding,
                                     "dilation": old.dilation, "groups": old.groups, "padding_mode": old.padding_mode}
-        new = nn.Conv2d(old.in_channels, out, bias=old.bias is not None, **geometry, **factory)
+        kind = nn.Conv3d if isinstance(old, nn.Conv3d) else nn.Conv2d
+        new = kind(old.in_channels, out, bias=old.bias is not None, **geometry, **factory)
     with torch.no_grad():
         init(new)
     new.train(old.training)
@@ -180,7 +181,7 @@ def resize_classes(model: nn.Module, anatomy: Anatomy, num_classes: int, keep: K
     fresh_by_layer: dict[str, _Layer] = {}
     for layer in layers:  # build everything first: nothing in the model changes until all layers exist
         found = paths.get(model, layer.path)
-        assert isinstance(found, (nn.Linear, nn.Conv2d))  # class_layers only returns such layers
+        assert isinstance(found, (nn.Linear, nn.Conv2d, nn.Conv3d))  # class_layers only returns such layers
         old_layers[layer.path] = found
         fresh_by_layer[layer.path] = _fresh(found, layer.anchors * num_classes * layer.per_class, layer.init)
     for layer in layers:
