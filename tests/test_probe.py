@@ -13,6 +13,7 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 import surgery
 from surgery.anatomy import anatomy_for
+from surgery.anatomy.generic import GenericAnatomy
 from surgery.probe import probe_model
 from tests.helpers import fingerprint
 
@@ -58,37 +59,45 @@ def test_a_custom_forward_that_raises_is_a_shape_error_naming_what_ran_before() 
     assert f.fix == "look at _Reshapes.forward where it uses the output of a"
 
 
-def test_resnet_with_a_too_wide_fc_is_caught_by_the_probe() -> None:
+def test_resnet_with_a_too_wide_fc_is_caught_by_the_probe_alone() -> None:
     model = torchvision.models.resnet34(weights=None)
     model.fc = nn.Linear(2048, 10)
     before = fingerprint(model)
-    report = surgery.check(model)
-    (f,) = report.errors
+    probe = probe_model(model, GenericAnatomy())  # no family knowledge: the probe by itself
+    f = probe.finding
+    assert probe.status == "raised" and probe.raised_in == "fc" and f is not None
     assert (f.code, f.paths) == ("channel-mismatch", ("avgpool", "fc"))
     assert "fc (Linear) expects 2048 input features (weight (10, 2048)) but receives 2×512 from avgpool (AdaptiveAvgPool2d)" in f.message
     assert f.fix == "model.fc = nn.Linear(512, 10)  # or make avgpool produce 2048 features"
     assert fingerprint(model) == before
+    (error,) = surgery.check(model).errors  # the classification family's contract says the same once
+    assert (error.code, error.paths[-1], error.fix) == ("channel-mismatch", "fc", "model.fc = nn.Linear(512, 10)  # or make layer4 produce 2048 features")
 
 
-def test_fcn_with_a_head_for_the_wrong_width_is_caught_by_the_probe() -> None:
+def test_fcn_with_a_head_for_the_wrong_width_is_caught_by_the_probe_alone() -> None:
     model = torchvision.models.segmentation.fcn_resnet101(weights=None, weights_backbone=None, aux_loss=False)
     model.classifier = FCNHead(1024, 5)
-    (f,) = surgery.check(model).errors
+    f = probe_model(model, GenericAnatomy()).finding
+    assert f is not None
     assert (f.code, f.paths) == ("channel-mismatch", ("backbone", "classifier.0"))
     assert "classifier.0 (Conv2d) expects 1024 input channels (weight (256, 1024, 3, 3)) but receives 2×2048×40×40 from backbone" in f.message
     assert f.fix == "model.classifier[0] = nn.Conv2d(2048, 256, kernel_size=3, padding=1, bias=False)  # or make backbone produce 1024 channels"
 
 
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
 def test_a_healthy_model_is_probed_end_to_end_and_says_so() -> None:
-    model = torchvision.models.resnet18(weights=None)
+    model = _mlp()
     report = surgery.check(model)
     assert report.ok and report.findings == []
     cov = report.coverage
     assert cov is not None and cov.probe == "ran" and cov.unchecked == [] and cov.specific
-    assert cov.by("probe") == [n for n, _ in model.named_children()]
+    assert cov.by("probe") == ["0", "1", "2", "3", "4"]
     assert "whole-model meta probe (2×3×320×320)" in report.checked
     assert str(report).splitlines()[-1] == (
-        "coverage: 10 slots (generic anatomy): 0 by contracts, 10 by the whole-model probe; every slot checked; probe ran end to end"
+        "coverage: 5 slots (generic anatomy): 0 by contracts, 5 by the whole-model probe; every slot checked; probe ran end to end"
     )
 
 
@@ -122,7 +131,8 @@ def test_coverage_in_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     payload = json.loads(out)
     assert payload["coverage"]["probe"] == "ran" and payload["coverage"]["unchecked"] == []
-    assert payload["coverage"]["slots"]["fc"] == ["probe"]
+    assert payload["coverage"]["family"] == "classification"
+    assert payload["coverage"]["slots"]["fc"] == ["contracts", "probe"]
 
 
 @pytest.mark.parametrize(
@@ -157,8 +167,8 @@ def test_the_probe_leaves_no_trace() -> None:
 
 
 def test_replace_rolls_back_a_head_the_probe_rejects() -> None:
-    model = torchvision.models.resnet18(weights=None)
-    old = model.fc
-    with pytest.raises(surgery.IncompatibleError, match=r"fc \(Linear\) expects 2048 input features"):
-        surgery.replace(model, "fc", nn.Linear(2048, 10))
-    assert model.fc is old
+    model = _mlp()
+    old = model[4]
+    with pytest.raises(surgery.IncompatibleError, match=r"4 \(Linear\) expects 16 input features"):
+        surgery.replace(model, "4", nn.Linear(16, 10))
+    assert model[4] is old
