@@ -12,7 +12,7 @@ from surgery._util import require_module
 from surgery.anatomy import Anatomy, Contract, anatomy_for
 from surgery.anatomy._base import Context
 from surgery.findings import Coverage, Finding, Report
-from surgery.probe import ModelProbe, probe_model
+from surgery.probe import ModelProbe
 
 __all__ = ["check"]
 
@@ -77,7 +77,7 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
         report.checked.append(contract.name)
         report.extend(_run(contract, ctx))
         ran.append(contract)
-    probe = _whole_probe(model, anatomy, probe_image_size, report, wanted)
+    probe = _whole_probe(ctx, anatomy, report, wanted)
     slot_paths = [s.path for s in anatomy.declared_slots(model)]
     report.checked.append("static orphan detection")
     report.extend(find_orphans(model, slot_paths))
@@ -90,7 +90,7 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
     return report
 
 
-def _whole_probe(model: nn.Module, anatomy: Anatomy, image_size: int, report: Report, wanted: list[str] | None) -> ModelProbe:
+def _whole_probe(ctx: Context, anatomy: Anatomy, report: Report, wanted: list[str] | None) -> ModelProbe:
     """Run the whole-model meta probe (where the family allows it) and add its finding.
 
     A probe failure already explained by a contract's error on the same modules is not
@@ -98,7 +98,7 @@ def _whole_probe(model: nn.Module, anatomy: Anatomy, image_size: int, report: Re
     """
     if anatomy.no_whole_probe is not None:
         return ModelProbe("skipped", anatomy.no_whole_probe)
-    probe = probe_model(model, anatomy, image_size)
+    probe: ModelProbe = ctx.model_probe(anatomy)
     if probe.status != "skipped":
         report.checked.append(f"whole-model meta probe ({probe.input})")
     found = probe.finding

@@ -10,6 +10,7 @@ When it cannot run on meta at all (an op whose output size depends on the data, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from surgery._state import preserved
 from surgery._util import ModuleStack, first_line, tensors_in
 from surgery.anatomy import Anatomy
 from surgery.findings import Finding
-from surgery.signature import Signature, _guard_transposed, _is_probe_limitation, _meta_state, input_signature
+from surgery.signature import Signature, _guard_transposed, _is_probe_limitation, _meta_state, input_signature, rebuild_text
 
 __all__ = ["ModelProbe", "probe_model"]
 
@@ -81,7 +82,8 @@ class _Watch(ModuleStack):
         self.producer: dict[int, str] = {}
         self.alive: list[Tensor] = []  # keeps tagged tensors alive so their ids stay unique
         self.completed: list[str] = []
-        self.last_leaf: str | None = None
+        self.with_params = {id(m) for m in model.modules() if next(m.parameters(), None) is not None}
+        self.last_with_params: str | None = None
 
     def _push(self, module: nn.Module, args: Any) -> None:
         super()._push(module, args)
@@ -97,17 +99,21 @@ class _Watch(ModuleStack):
             self.producer[id(t)] = path  # an outer module returning the same tensor takes it over
             self.alive.append(t)
         self.completed.append(path)
-        if not module._modules:
-            self.last_leaf = path
+        if id(module) in self.with_params:
+            self.last_with_params = path
 
     def producer_of(self, args: tuple[Any, ...], consumer: str) -> str | None:
-        """The module whose output ``consumer`` received (the last module to finish when the
-        tensor was made by a plain function in between)."""
+        """The module that made what ``consumer`` received: the module whose output it is, or,
+        when that module has no parameters (a pool, an activation) or a plain function made
+        the tensor, the last module with parameters to finish."""
         for t in tensors_in(args):
             found = self.producer.get(id(t))
             if found is not None and found != consumer:
-                return found
-        return self.last_leaf
+                module = self.model.get_submodule(found) if found else self.model
+                if id(module) in self.with_params:
+                    return found
+                break
+        return self.last_with_params
 
 
 def _width(layer: nn.Module, received: Tensor) -> int | None:
@@ -126,33 +132,31 @@ def _width(layer: nn.Module, received: Tensor) -> int | None:
 
 def _rebuilt(layer: nn.Module, width: int) -> str | None:
     """A constructor call for a layer like ``layer`` that takes ``width``, or None when unknown."""
-    if isinstance(layer, nn.Linear):
-        bias = "" if layer.bias is not None else ", bias=False"
-        return f"nn.Linear({width}, {layer.out_features}{bias})"
-    if isinstance(layer, _CONV):
-        extras = []
-        defaults: dict[str, Any] = {"stride": 1, "padding": 0, "dilation": 1}
-        k = layer.kernel_size
-        extras.append(f"kernel_size={k[0] if len(set(k)) == 1 else k}")
-        for name, default in defaults.items():
-            value = getattr(layer, name)
-            value = value[0] if isinstance(value, tuple) and len(set(value)) == 1 else value
-            if value != default:
-                extras.append(f"{name}={value}")
-        if layer.groups != 1:
-            return None  # a grouped conv's groups must divide the new width: no safe one-liner
-        if layer.bias is None:
-            extras.append("bias=False")
-        return f"nn.{type(layer).__name__}({width}, {layer.out_channels}, {', '.join(extras)})"
     if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
         return f"nn.{type(layer).__name__}({width})"
+    out = getattr(layer, "out_features", getattr(layer, "out_channels", None))
+    if isinstance(layer, (nn.Linear, *_CONV)) and isinstance(out, int) and getattr(layer, "groups", 1) == 1:
+        return rebuild_text(layer, (width, out))
     return None
 
 
-def _finding(model: nn.Module, watch: _Watch, where: str, args: tuple[Any, ...], error: BaseException) -> Finding:
+def _slot_of(path: str | None, consumer: str, slots: Sequence[str]) -> str | None:
+    """The slot holding ``path`` (``path`` itself when it shares a slot with ``consumer``)."""
+    if path is None:
+        return None
+    for slot in sorted(slots, key=len):
+        inside = path == slot or path.startswith(slot + ".")
+        if inside and not (consumer == slot or consumer.startswith(slot + ".")):
+            return slot
+    return path
+
+
+def _finding(
+    model: nn.Module, watch: _Watch, where: str, args: tuple[Any, ...], error: BaseException, slots: Sequence[str]
+) -> Finding:
     """The finding for a probe that raised in ``where`` after receiving ``args``."""
     module = model.get_submodule(where) if where else model
-    producer = watch.producer_of(args, where)
+    producer = _slot_of(watch.producer_of(args, where), where, slots)
     received = _describe(args)
     source = f" from {producer or '<model>'} ({type(model.get_submodule(producer)).__name__})" if producer is not None else ""
     name = where or "<model>"
@@ -170,9 +174,9 @@ def _finding(model: nn.Module, watch: _Watch, where: str, args: tuple[Any, ...],
                else f"rebuild {where} to take {got} {unit}")
         if producer:
             fix += f"  # or make {producer} produce {expected} {unit}"
+        made = f"{producer} ({type(model.get_submodule(producer)).__name__}) produces" if producer else "the model's input has"
         return Finding("error", "channel-mismatch", involved,
-                       f"{name} ({type(module).__name__}) expects {expected} input {unit}{shape} but receives {received}{source}, "
-                       f"which has {got}: {type(error).__name__}: {first_line(error)}",
+                       f"{made} {got} {unit} but {name} ({type(module).__name__}) expects {expected}{shape}; it received {received}",
                        fix)
     if not where:
         after = f", after {producer} ({type(model.get_submodule(producer)).__name__}) completed" if producer else ""
@@ -184,13 +188,18 @@ def _finding(model: nn.Module, watch: _Watch, where: str, args: tuple[Any, ...],
                    f"make {where} accept what {producer} produces ({received}), or change {producer}" if producer else None)
 
 
-def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320) -> ModelProbe:
-    """Run the whole forward of ``model`` on meta tensors, in eval mode, and say what happened.
+def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, train: bool = False) -> ModelProbe:
+    """Run the whole forward of ``model`` on meta tensors and say what happened.
+
+    A producer inside another slot than the module that raised is named by that slot
+    (``layer4`` rather than ``layer4.1.bn2``).
 
     Args:
         model: The model (left exactly as it was).
-        anatomy: Its anatomy, which gives the input (:meth:`Anatomy.probe_inputs`).
+        anatomy: Its anatomy, which gives the input (:meth:`Anatomy.probe_inputs`) and the slots.
         image_size: Side of square image inputs.
+        train: Run in train mode (for branches that run only there, such as auxiliary heads);
+            eval mode otherwise.
 
     Returns:
         A :class:`ModelProbe`.
@@ -202,8 +211,9 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320) -> Mo
     state = _meta_state(model)
     watch = _Watch(model)
     guards: list[Any] = []
+    slots = [slot.path for slot in anatomy.slots(model)]
     with preserved(model):
-        model.eval()
+        model.train(train)
         try:
             with torch.no_grad(), watch:
                 guards = _guard_transposed(model)
@@ -214,7 +224,7 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320) -> Mo
                 return ModelProbe("stopped", f"{where or '<model>'} ran an op that cannot run on meta ({first_line(e)[:80]})",
                                   described, list(watch.completed))
             return ModelProbe("raised", f"{where or '<model>'} raised {type(e).__name__}", described, list(watch.completed),
-                              _finding(model, watch, where, args, e), raised_in=where)
+                              _finding(model, watch, where, args, e, slots), raised_in=where)
         finally:
             for h in guards:
                 h.remove()

@@ -39,6 +39,7 @@ __all__ = [
     "output_signature",
     "meta_probe",
     "meta_like",
+    "rebuild_text",
 ]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -294,7 +295,7 @@ def attribute_mismatches(layer: nn.Module) -> list[AttributeMismatch]:
     if widths is None:
         return found
     if isinstance(layer, (*_CONV, nn.Linear)) and weight is not None:
-        rebuild = _rebuild(layer, widths)
+        rebuild = rebuild_text(layer, widths)
         names = ("in_features", "out_features") if isinstance(layer, nn.Linear) else ("in_channels", "out_channels")
         for name, real in zip(names, widths, strict=True):
             compare(name, real, "weight", weight, rebuild)
@@ -333,7 +334,7 @@ def _arg(value: tuple[int, ...]) -> str:
     return str(value[0]) if len(set(value)) == 1 else str(tuple(value))
 
 
-def _rebuild(layer: nn.Module, widths: tuple[int, int]) -> str:
+def rebuild_text(layer: nn.Module, widths: tuple[int, int]) -> str:
     """``nn.Linear(1024, 2)`` / ``nn.Conv2d(256, 91, kernel_size=1)`` sized like the layer's weight."""
     cls = f"nn.{type(layer).__name__}" if type(layer).__module__.startswith("torch.nn") else type(layer).__name__
     if isinstance(layer, nn.Linear):

@@ -37,7 +37,7 @@ def test_resnet34_with_a_2048_wide_fc_is_a_channel_mismatch() -> None:
     assert _errors(report) == [
         ("channel-mismatch", ("layer4", "fc"), "model.fc = nn.Linear(512, 10)  # or make layer4 produce 2048 features"),
     ]
-    assert report.errors[0].message == "layer4 (Sequential) produces 512 features but fc (Linear) expects 2048 (weight (10, 2048))"
+    assert report.errors[0].message == "layer4 (Sequential) produces 512 features but fc (Linear) expects 2048 (weight (10, 2048)); it received 2×512"
 
 
 def test_vgg11_with_a_narrow_last_layer_names_the_layer_inside_the_head() -> None:
@@ -70,7 +70,7 @@ def test_googlenet_aux_head_is_checked_in_train_mode_layout() -> None:
     codes = [(f.code, f.paths) for f in report.errors]
     assert ("channel-mismatch", ("aux2", "aux2.fc1")) not in codes  # the producer is inside the aux head
     assert codes == [("channel-mismatch", ("inception4d", "aux2.fc1"))]
-    assert report.errors[0].message == "inception4d (Inception) produces 8448 features but aux2.fc1 (Linear) expects 1024 (weight (1024, 1024))"
+    assert report.errors[0].message == "inception4d (Inception) produces 8448 features but aux2.fc1 (Linear) expects 1024 (weight (1024, 1024)); it received 2×8448"
 
 
 def test_components_list_body_and_head_with_roles() -> None:

@@ -39,9 +39,9 @@ def test_broken_sequential_names_the_layer_the_shape_and_the_producer() -> None:
     report = surgery.check(model)
     assert not report.ok
     (f,) = report.errors
-    assert (f.code, f.paths) == ("channel-mismatch", ("1", "2"))
-    assert f.message.startswith("2 (Linear) expects 32 input features (weight (4, 32)) but receives 2×16 from 1 (ReLU), which has 16: ")
-    assert f.fix == "model[2] = nn.Linear(16, 4)  # or make 1 produce 32 features"
+    assert (f.code, f.paths) == ("channel-mismatch", ("0", "2"))
+    assert f.message == "0 (Linear) produces 16 features but 2 (Linear) expects 32 (weight (4, 32)); it received 2×16"
+    assert f.fix == "model[2] = nn.Linear(16, 4)  # or make 0 produce 32 features"
     assert report.coverage is not None and report.coverage.probe == "raised"
 
 
@@ -49,7 +49,7 @@ def test_conv_then_wrong_batchnorm() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(16))
     (f,) = surgery.check(model).errors
     assert (f.code, f.paths, f.fix) == ("channel-mismatch", ("0", "1"), "model[1] = nn.BatchNorm2d(8)  # or make 0 produce 16 channels")
-    assert "1 (BatchNorm2d) expects 16 input channels (weight (16,)) but receives 2×8×318×318 from 0 (Conv2d), which has 8" in f.message
+    assert f.message == "0 (Conv2d) produces 8 channels but 1 (BatchNorm2d) expects 16 (weight (16,)); it received 2×8×318×318"
 
 
 def test_a_custom_forward_that_raises_is_a_shape_error_naming_what_ran_before() -> None:
@@ -66,9 +66,9 @@ def test_resnet_with_a_too_wide_fc_is_caught_by_the_probe_alone() -> None:
     probe = probe_model(model, GenericAnatomy())  # no family knowledge: the probe by itself
     f = probe.finding
     assert probe.status == "raised" and probe.raised_in == "fc" and f is not None
-    assert (f.code, f.paths) == ("channel-mismatch", ("avgpool", "fc"))
-    assert "fc (Linear) expects 2048 input features (weight (10, 2048)) but receives 2×512 from avgpool (AdaptiveAvgPool2d)" in f.message
-    assert f.fix == "model.fc = nn.Linear(512, 10)  # or make avgpool produce 2048 features"
+    assert (f.code, f.paths) == ("channel-mismatch", ("layer4", "fc"))
+    assert f.message == "layer4 (Sequential) produces 512 features but fc (Linear) expects 2048 (weight (10, 2048)); it received 2×512"
+    assert f.fix == "model.fc = nn.Linear(512, 10)  # or make layer4 produce 2048 features"
     assert fingerprint(model) == before
     (error,) = surgery.check(model).errors  # the classification family's contract says the same once
     assert (error.code, error.paths[-1], error.fix) == ("channel-mismatch", "fc", "model.fc = nn.Linear(512, 10)  # or make layer4 produce 2048 features")
@@ -80,7 +80,8 @@ def test_fcn_with_a_head_for_the_wrong_width_is_caught_by_the_probe_alone() -> N
     f = probe_model(model, GenericAnatomy()).finding
     assert f is not None
     assert (f.code, f.paths) == ("channel-mismatch", ("backbone", "classifier.0"))
-    assert "classifier.0 (Conv2d) expects 1024 input channels (weight (256, 1024, 3, 3)) but receives 2×2048×40×40 from backbone" in f.message
+    assert f.message == ("backbone (IntermediateLayerGetter) produces 2048 channels but classifier.0 (Conv2d) expects 1024 "
+                         "(weight (256, 1024, 3, 3)); it received 2×2048×40×40")
     assert f.fix == "model.classifier[0] = nn.Conv2d(2048, 256, kernel_size=3, padding=1, bias=False)  # or make backbone produce 1024 channels"
 
 
@@ -169,6 +170,6 @@ def test_the_probe_leaves_no_trace() -> None:
 def test_replace_rolls_back_a_head_the_probe_rejects() -> None:
     model = _mlp()
     old = model[4]
-    with pytest.raises(surgery.IncompatibleError, match=r"4 \(Linear\) expects 16 input features"):
+    with pytest.raises(surgery.IncompatibleError, match=r"0 \(Conv2d\) produces 8 features but 4 \(Linear\) expects 16"):
         surgery.replace(model, "4", nn.Linear(16, 10))
     assert model[4] is old

@@ -24,7 +24,7 @@ def test_r3d_18_with_a_wrong_fc_is_a_channel_mismatch() -> None:
     assert [(f.code, f.paths, f.fix) for f in report.errors] == [
         ("channel-mismatch", ("layer4", "fc"), "model.fc = nn.Linear(512, 5)  # or make layer4 produce 256 features"),
     ]
-    assert report.errors[0].message == "layer4 (Sequential) produces 512 features but fc (Linear) expects 256 (weight (5, 256))"
+    assert report.errors[0].message == "layer4 (Sequential) produces 512 features but fc (Linear) expects 256 (weight (5, 256)); it received 2×512"
 
 
 def test_s3d_conv3d_head_mismatch() -> None:

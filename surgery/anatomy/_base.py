@@ -145,6 +145,19 @@ class Context:
             self._probes[key] = meta_probe(module, *(meta_like(s) for s in shapes))
         return self._probes[key]
 
+    def model_probe(self, anatomy: Anatomy, *, train: bool = False) -> Any:
+        """The whole-model meta probe (:func:`surgery.probe.probe_model`), run at most once per mode.
+
+        Contracts that need what a slot receives inside the whole forward read it here, so
+        ``check`` runs one whole forward on meta however many of them ask.
+        """
+        key = f"model probe:{'train' if train else 'eval'}"
+        if key not in self.cache:
+            from surgery.probe import probe_model  # the probe module imports the anatomy
+
+            self.cache[key] = probe_model(self.model, anatomy, self.probe_image_size, train=train)
+        return self.cache[key]
+
     def probe_with(self, path: str, key: str, *args: Any) -> ProbeResult:
         """Meta-probe with arbitrary (meta) arguments, cached under ``key``."""
         full = (path, key)

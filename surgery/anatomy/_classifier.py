@@ -15,14 +15,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.nn import functional as F
 
 from surgery import paths
-from surgery._state import preserved
 from surgery.anatomy._base import PROBE_BATCH, Anatomy, AttrUpdate, ClassLayer, Context, Contract, Slot, SyntheticBatch
 from surgery.findings import Finding
-from surgery.signature import _guard_transposed, _meta_state, _rebuild, input_signature, meta_like
+from surgery.signature import meta_like
 
 __all__ = ["AUX_WEIGHT", "Arch", "ClassifierAnatomy", "HEAD_CONTRACT"]
 
@@ -189,62 +187,15 @@ class ClassifierAnatomy(Anatomy):
         return leaf
 
     def _head_findings(self, ctx: Context) -> Iterator[Finding]:
-        """Run the forward on meta tensors up to the head's layers and compare the width each
-        receives with the width its weight takes; the first disagreement is the finding."""
+        """The whole forward on meta tensors (shared with ``check``'s whole-model probe): a
+        head layer that receives another width than its weight takes is the finding. Models
+        whose aux heads run only in train mode are probed in train mode."""
         model = ctx.model
-        layers = self._head_layers(model)
-        watched = {id(m): path for path, m in layers}
-        names = {id(m): n for n, m in model.named_modules()}
-        seen: dict[str, _Seen] = {}
-        last: list[str] = []
-        bad: list[tuple[str, nn.Module, _Seen, int]] = []
-
-        def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            path = watched.get(id(module))
-            if path is None or path in seen or not args:
-                return
-            width = _width(module, args[0])
-            sig = input_signature(module)
-            if width is None or sig is None or not isinstance(sig.size, int):
-                return
-            seen[path] = _Seen(width, last[-1] if last else None)
-            if width != sig.size:
-                bad.append((path, module, seen[path], sig.size))
-                raise _Stop
-
-        def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if module._parameters and any(p is not None for p in module._parameters.values()):
-                last.append(names.get(id(module), ""))
-
-        inputs = self.probe_inputs(model, ctx.probe_image_size)
-        if not layers or inputs is None:
-            return
-        handles = [m.register_forward_pre_hook(pre) for _, m in layers]
-        handles += [m.register_forward_hook(post) for m in model.modules()]
-        with preserved(model):
-            model.train(self._aux_on(model))
-            guards = _guard_transposed(model)
-            try:
-                with torch.no_grad():
-                    functional_call(model, _meta_state(model), inputs, {}, tie_weights=False, strict=False)
-            except Exception:  # noqa: BLE001, S110 - only the head's widths matter here; the whole-model probe reports the rest
-                pass
-            finally:
-                for h in handles + guards:
-                    h.remove()
-        for path, module, got, expected in bad:
-            unit = "features" if isinstance(module, nn.Linear) else "channels"
-            producer = self._slot_of(model, got.producer)
-            weight = getattr(module, "weight", None)
-            shape = f" (weight {tuple(weight.shape)})" if isinstance(weight, Tensor) else ""
-            out = getattr(module, "out_features", getattr(module, "out_channels", None))
-            fix = f"{paths.expression(path, model)} = {_rebuild(module, (got.width, int(out)))}" if isinstance(out, int) else (
-                f"rebuild {path} to take {got.width} {unit}")
-            if producer:
-                fix += f"  # or make {producer} produce {expected} {unit}"
-            source = f"{producer} ({type(paths.get(model, producer)).__name__}) produces" if producer else "the model feeds it"
-            message = f"{source} {got.width} {unit} but {path} ({type(module).__name__}) expects {expected}{shape}"
-            yield Finding("error", "channel-mismatch", tuple(p for p in (producer, path) if p), message, fix)
+        heads = [path for path, _ in self._head_layers(model)]
+        probe = ctx.model_probe(self, train=self._aux_on(model))
+        found = probe.finding
+        if found is not None and found.code == "channel-mismatch" and probe.raised_in in heads:
+            yield found
 
     # ----------------------------------------------------------------------- inputs
 
