@@ -13,12 +13,13 @@ from surgery.anatomy.fcos import FCOSAnatomy
 from surgery.anatomy.generic import GenericAnatomy
 from surgery.anatomy.rcnn import RCNNAnatomy
 from surgery.anatomy.retinanet import RetinaNetAnatomy
+from surgery.anatomy.segmentation import SegmentationAnatomy
 from surgery.anatomy.ssd import SSDAnatomy
 
 __all__ = ["Anatomy", "Context", "Contract", "Features", "Slot", "anatomy_for", "register", "REGISTRY"]
 
 #: Anatomies tried in order; the generic one always matches last.
-REGISTRY: list[type[Anatomy]] = [RCNNAnatomy, RetinaNetAnatomy, FCOSAnatomy, SSDAnatomy]
+REGISTRY: list[type[Anatomy]] = [RCNNAnatomy, RetinaNetAnatomy, FCOSAnatomy, SSDAnatomy, SegmentationAnatomy]
 
 
 def register(anatomy: type[Anatomy], *, first: bool = True) -> type[Anatomy]:
