@@ -61,7 +61,7 @@ def _last_conv(head: nn.Module) -> str | None:
     return None
 
 
-def _aspp_rates(aspp: nn.Module) -> tuple[int, ...] | None:
+def _aspp_rates(aspp: nn.Module | None) -> tuple[int, ...] | None:
     """The atrous rates of an ``ASPP``, read from the dilation of its 3×3 branches."""
     if not isinstance(aspp, ASPP):
         return None
@@ -271,7 +271,7 @@ def _head_fix(ctx: Context, path: str, width: int) -> str:
     name = _last_conv(head)
     classes = out_width(head._modules[name]) if name is not None else None  # type: ignore[arg-type]
     if type(head) is DeepLabHead and classes is not None:
-        rates = _aspp_rates(head[0])
+        rates = _aspp_rates(head._modules["0"])
         extra = f", atrous_rates={rates}" if rates is not None and rates != (12, 24, 36) else ""
         return f"{target} = DeepLabHead({width}, {classes}{extra})"
     if type(head) is FCNHead and classes is not None:
