@@ -73,10 +73,13 @@ def test_resnet_with_a_too_wide_fc_is_caught_by_the_probe() -> None:
 def test_fcn_with_a_head_for_the_wrong_width_is_caught_by_the_probe() -> None:
     model = torchvision.models.segmentation.fcn_resnet101(weights=None, weights_backbone=None, aux_loss=False)
     model.classifier = FCNHead(1024, 5)
-    (f,) = surgery.check(model).errors
-    assert (f.code, f.paths) == ("channel-mismatch", ("backbone", "classifier.0"))
+    f = probe_model(model, anatomy_for(model)).finding
+    assert f is not None and (f.code, f.paths) == ("channel-mismatch", ("backbone", "classifier.0"))
     assert "classifier.0 (Conv2d) expects 1024 input channels (weight (256, 1024, 3, 3)) but receives 2×2048×40×40 from backbone" in f.message
     assert f.fix == "model.classifier[0] = nn.Conv2d(2048, 256, kernel_size=3, padding=1, bias=False)  # or make backbone produce 1024 channels"
+    # check reports it once: the segmentation contract explains the probe's failure
+    (error,) = surgery.check(model).errors
+    assert (error.code, error.paths, error.fix) == ("channel-mismatch", ("backbone", "classifier"), "model.classifier = FCNHead(2048, 5)")
 
 
 def test_a_healthy_model_is_probed_end_to_end_and_says_so() -> None:

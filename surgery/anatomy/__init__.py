@@ -11,6 +11,7 @@ from torch import nn
 from surgery.anatomy._base import Anatomy, Context, Contract, Features, Slot
 from surgery.anatomy.fcos import FCOSAnatomy
 from surgery.anatomy.generic import GenericAnatomy
+from surgery.anatomy.optical_flow import OpticalFlowAnatomy
 from surgery.anatomy.rcnn import RCNNAnatomy
 from surgery.anatomy.retinanet import RetinaNetAnatomy
 from surgery.anatomy.segmentation import SegmentationAnatomy
@@ -19,7 +20,7 @@ from surgery.anatomy.ssd import SSDAnatomy
 __all__ = ["Anatomy", "Context", "Contract", "Features", "Slot", "anatomy_for", "register", "REGISTRY"]
 
 #: Anatomies tried in order; the generic one always matches last.
-REGISTRY: list[type[Anatomy]] = [RCNNAnatomy, RetinaNetAnatomy, FCOSAnatomy, SSDAnatomy, SegmentationAnatomy]
+REGISTRY: list[type[Anatomy]] = [RCNNAnatomy, RetinaNetAnatomy, FCOSAnatomy, SSDAnatomy, SegmentationAnatomy, OpticalFlowAnatomy]
 
 
 def register(anatomy: type[Anatomy], *, first: bool = True) -> type[Anatomy]:
