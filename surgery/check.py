@@ -93,8 +93,8 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
 def _whole_probe(ctx: Context, anatomy: Anatomy, report: Report, wanted: list[str] | None) -> ModelProbe:
     """Run the whole-model meta probe (where the family allows it) and add its finding.
 
-    A probe failure already explained by a contract's error on the same modules is not
-    repeated; with ``wanted``, only a failure touching those slots is reported.
+    A probe failure already explained by a contract's error on the same modules (or modules
+    inside them) is not repeated; with ``wanted``, only a failure touching those slots is reported.
     """
     if anatomy.no_whole_probe is not None:
         return ModelProbe("skipped", anatomy.no_whole_probe)
@@ -103,7 +103,7 @@ def _whole_probe(ctx: Context, anatomy: Anatomy, report: Report, wanted: list[st
         report.checked.append(f"whole-model meta probe ({probe.input})")
     found = probe.finding
     if found is not None:
-        explained = any(f.severity == "error" and set(f.paths) & set(found.paths) for f in report.findings)
+        explained = any(f.severity == "error" and any(_near(a, b) for a in f.paths for b in found.paths) for f in report.findings)
         relevant = wanted is None or any(_near(p, w) for p in found.paths for w in wanted)
         if relevant and not explained:
             report.extend([found])

@@ -83,6 +83,9 @@ def test_fcn_with_a_head_for_the_wrong_width_is_caught_by_the_probe_alone() -> N
     assert f.message == ("backbone (IntermediateLayerGetter) produces 2048 channels but classifier.0 (Conv2d) expects 1024 "
                          "(weight (256, 1024, 3, 3)); it received 2×2048×40×40")
     assert f.fix == "model.classifier[0] = nn.Conv2d(2048, 256, kernel_size=3, padding=1, bias=False)  # or make backbone produce 1024 channels"
+    # check reports it once: the segmentation contract explains the probe's failure
+    (error,) = surgery.check(model).errors
+    assert (error.code, error.paths, error.fix) == ("channel-mismatch", ("backbone", "classifier"), "model.classifier = FCNHead(2048, 5)")
 
 
 def _mlp() -> nn.Module:

@@ -12,15 +12,26 @@ from surgery.anatomy._base import Anatomy, Context, Contract, Features, Slot
 from surgery.anatomy.classification import ClassificationAnatomy
 from surgery.anatomy.fcos import FCOSAnatomy
 from surgery.anatomy.generic import GenericAnatomy
+from surgery.anatomy.optical_flow import OpticalFlowAnatomy
 from surgery.anatomy.rcnn import RCNNAnatomy
 from surgery.anatomy.retinanet import RetinaNetAnatomy
+from surgery.anatomy.segmentation import SegmentationAnatomy
 from surgery.anatomy.ssd import SSDAnatomy
 from surgery.anatomy.video import VideoAnatomy
 
 __all__ = ["Anatomy", "Context", "Contract", "Features", "Slot", "anatomy_for", "register", "REGISTRY"]
 
 #: Anatomies tried in order; the generic one always matches last.
-REGISTRY: list[type[Anatomy]] = [RCNNAnatomy, RetinaNetAnatomy, FCOSAnatomy, SSDAnatomy, ClassificationAnatomy, VideoAnatomy]
+REGISTRY: list[type[Anatomy]] = [
+    RCNNAnatomy,
+    RetinaNetAnatomy,
+    FCOSAnatomy,
+    SSDAnatomy,
+    SegmentationAnatomy,
+    OpticalFlowAnatomy,
+    ClassificationAnatomy,
+    VideoAnatomy,
+]
 
 
 def register(anatomy: type[Anatomy], *, first: bool = True) -> type[Anatomy]:

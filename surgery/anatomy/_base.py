@@ -38,9 +38,13 @@ __all__ = [
     "AdaptRule",
     "is_stock",
     "PROBE_BATCH",
+    "RowLayer",
     "LAYER_CONTRACT",
     "layer_attribute_findings",
 ]
+
+#: A layer whose output rows (channels) ``set_num_classes`` / ``set_num_keypoints`` resize.
+RowLayer = nn.Linear | nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d
 
 #: Batch (or RoI count) of meta probes: 2, so BatchNorm in train mode accepts 1×1 maps.
 PROBE_BATCH = 2
@@ -183,10 +187,11 @@ class SyntheticBatch(NamedTuple):
 
 @dataclass(frozen=True)
 class ClassLayer:
-    """One class-dependent layer, whose outputs are ``anchors × classes × per_class``, anchor first.
+    """One class-dependent layer, whose outputs are ``anchors × classes × per_class``, anchor first
+    (also one keypoint-dependent layer, with a keypoint for a class).
 
     Attributes:
-        path: Dotted path of the layer (an ``nn.Linear``, ``nn.Conv2d`` or ``nn.Conv3d``).
+        path: Dotted path of the layer (an ``nn.Linear``, ``nn.Conv2d`` or ``nn.ConvTranspose2d``).
         slot: The slot it belongs to (what ``check`` is scoped to).
         anchors: Anchor groups in its output (1 for predictors without anchors).
         per_class: Outputs per class and anchor (4 for a box regressor, else 1).
@@ -200,7 +205,7 @@ class ClassLayer:
     anchors: int
     per_class: int
     old_classes: int
-    init: Callable[[nn.Linear | nn.Conv2d | nn.Conv3d], None]
+    init: Callable[[RowLayer], None]
     init_name: str
 
 
@@ -471,6 +476,19 @@ class Anatomy:
         raise ValueError(
             f"set_num_classes() does not know the class-dependent layers of {type(model).__name__} "
             f"({self.name} family); replace its classifier yourself with surgery.replace()"
+        )
+
+    def keypoint_layers(self, model: nn.Module) -> tuple[list[ClassLayer], list[AttrUpdate]]:
+        """The keypoint-dependent layers (one output channel per keypoint, in ``old_classes``)
+        and the attributes that store the keypoint count.
+
+        Raises:
+            ValueError: The model predicts no keypoints, or its keypoint slot holds a module
+                whose layout is unknown.
+        """
+        raise ValueError(
+            f"set_num_keypoints() changes models that predict keypoints (Keypoint R-CNN); {type(model).__name__} "
+            f"({self.name} family) predicts none"
         )
 
     # ----------------------------------------------------------------------- adapt

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from surgery import paths
-from surgery.anatomy._base import PROBE_BATCH, Anatomy, AttrUpdate, ClassLayer, Context, Contract, Slot, SyntheticBatch
+from surgery.anatomy._base import PROBE_BATCH, Anatomy, AttrUpdate, ClassLayer, Context, Contract, RowLayer, Slot, SyntheticBatch
 from surgery.findings import Finding
 from surgery.signature import meta_like
 
@@ -32,7 +32,7 @@ HEAD_CONTRACT = "body → head features"
 
 _LOSS = "loss_classifier"
 _AUX_LOSS = "loss_aux"
-_Init = Callable[[nn.Linear | nn.Conv2d | nn.Conv3d], None]
+_Init = Callable[[RowLayer], None]
 _CLASS_LAYER = (nn.Linear, nn.Conv2d, nn.Conv3d)
 
 

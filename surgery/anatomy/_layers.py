@@ -9,6 +9,7 @@ from torch import nn
 
 from surgery import paths
 from surgery._errors import PathError
+from surgery.anatomy._base import RowLayer
 
 __all__ = ["need_layer", "int_attr", "linear_default", "normal_init", "prior_init", "xavier_init"]
 
@@ -49,14 +50,14 @@ def need_layer(model: nn.Module, path: str, kinds: tuple[type[nn.Module], ...], 
     return module
 
 
-def linear_default(layer: nn.Linear | nn.Conv2d | nn.Conv3d) -> None:
+def linear_default(layer: RowLayer) -> None:
     """Keep the layer's own PyTorch initialisation: nothing to add."""
 
 
-def normal_init(std: float) -> Callable[[nn.Linear | nn.Conv2d | nn.Conv3d], None]:
+def normal_init(std: float) -> Callable[[RowLayer], None]:
     """``N(0, std)`` weights and a zero bias."""
 
-    def init(layer: nn.Linear | nn.Conv2d | nn.Conv3d) -> None:
+    def init(layer: RowLayer) -> None:
         nn.init.normal_(layer.weight, mean=0.0, std=std)
         if layer.bias is not None:
             nn.init.constant_(layer.bias, 0.0)
@@ -64,14 +65,14 @@ def normal_init(std: float) -> Callable[[nn.Linear | nn.Conv2d | nn.Conv3d], Non
     return init
 
 
-def prior_init(layer: nn.Linear | nn.Conv2d | nn.Conv3d, prior: float = 0.01) -> None:
+def prior_init(layer: RowLayer, prior: float = 0.01) -> None:
     """``N(0, 0.01)`` weights and a bias of ``-log((1 - prior) / prior)`` (focal-loss heads)."""
     nn.init.normal_(layer.weight, std=0.01)
     if layer.bias is not None:
         nn.init.constant_(layer.bias, -math.log((1 - prior) / prior))
 
 
-def xavier_init(layer: nn.Linear | nn.Conv2d | nn.Conv3d) -> None:
+def xavier_init(layer: RowLayer) -> None:
     """``xavier_uniform_`` weights and a zero bias."""
     nn.init.xavier_uniform_(layer.weight)
     if layer.bias is not None:

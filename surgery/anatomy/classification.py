@@ -31,12 +31,13 @@ from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vgg import VGG
 from torchvision.models.vision_transformer import VisionTransformer
 
+from surgery.anatomy._base import RowLayer
 from surgery.anatomy._classifier import Arch, ClassifierAnatomy
 from surgery.anatomy._layers import linear_default, normal_init
 
 __all__ = ["ClassificationAnatomy"]
 
-_Layer = nn.Linear | nn.Conv2d | nn.Conv3d
+_Layer = RowLayer
 
 
 def _zero_bias(layer: _Layer) -> None:

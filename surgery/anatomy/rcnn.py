@@ -17,7 +17,7 @@ from torchvision.models.detection.rpn import RPNHead
 
 from surgery import paths
 from surgery.anatomy._backbone import backbone_features
-from surgery.anatomy._base import AdaptRule, AttrUpdate, ClassLayer, Context, Contract, Features, Slot
+from surgery.anatomy._base import AdaptRule, AttrUpdate, ClassLayer, Context, Contract, Features, RowLayer, Slot
 from surgery.anatomy._detection import DetectionAnatomy
 from surgery.anatomy._layers import int_attr, linear_default, need_layer
 from surgery.anatomy._rcnn_contracts import BRANCHES, contracts
@@ -42,10 +42,17 @@ def _branch_on(model: nn.Module, name: str) -> bool:
     return bool(check()) if callable(check) else False
 
 
-def _mask_logits_init(layer: nn.Linear | nn.Conv2d | nn.Conv3d) -> None:
+def _mask_logits_init(layer: RowLayer) -> None:
     # MaskRCNNPredictor: kaiming_normal_(fan_out, relu) on weights; its bias line is commented
     # out in torchvision, so the bias keeps nn.Conv2d's default initialisation.
     nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _keypoint_init(layer: RowLayer) -> None:
+    # KeypointRCNNPredictor: kaiming_normal_(fan_out, relu) on the weight, zero bias
+    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+    if layer.bias is not None:
+        nn.init.constant_(layer.bias, 0.0)
 
 
 def _child(module: nn.Module, name: str, kind: type[nn.Module]) -> nn.Module | None:
@@ -188,6 +195,29 @@ class RCNNAnatomy(DetectionAnatomy):
             layers.append(ClassLayer(f"{mask}.mask_fcn_logits", mask, 1, 1, int_attr(logits, "out_channels"), _mask_logits_init,
                                      "kaiming_normal_(fan_out, relu) weights, nn.Conv2d default bias"))
         return layers, []
+
+    def keypoint_layers(self, model: nn.Module) -> tuple[list[ClassLayer], list[AttrUpdate]]:
+        """The keypoint predictor's ``kps_score_lowres`` (one heatmap channel per keypoint) and its
+        ``out_channels``, which targets and the keypoint loss are sized by."""
+        kp = "roi_heads.keypoint_predictor"
+        if not _branch_on(model, "has_keypoint"):
+            raise ValueError(
+                f"set_num_keypoints() changes models that predict keypoints, but {type(model).__name__} has no keypoint "
+                f"branch ({kp}, roi_heads.keypoint_head and roi_heads.keypoint_roi_pool are not all set)"
+            )
+        predictor = paths.get(model, kp)
+        scores = need_layer(model, f"{kp}.kps_score_lowres", (nn.ConvTranspose2d,), "KeypointRCNNPredictor's heatmap deconvolution")
+        if not isinstance(predictor, KeypointRCNNPredictor):
+            raise ValueError(
+                f"set_num_keypoints() rebuilds {kp}.kps_score_lowres of torchvision's KeypointRCNNPredictor, but {kp} is a "
+                f"{type(predictor).__name__}; replace it yourself with surgery.replace(model, {kp!r}, "
+                f"KeypointRCNNPredictor(in_channels, num_keypoints))"
+            )
+        return (
+            [ClassLayer(f"{kp}.kps_score_lowres", kp, 1, 1, int_attr(scores, "out_channels"), _keypoint_init,
+                        "kaiming_normal_(fan_out, relu) weights, zero bias")],
+            [AttrUpdate(kp, "out_channels")],
+        )
 
     def adapt_rule(self, model: nn.Module, path: str) -> AdaptRule:
         for kind, (pool, head, predictor) in BRANCHES.items():

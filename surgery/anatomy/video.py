@@ -12,13 +12,14 @@ from torchvision.models.video.resnet import VideoResNet
 from torchvision.models.video.s3d import S3D
 from torchvision.models.video.swin_transformer import SwinTransformer3d
 
+from surgery.anatomy._base import RowLayer
 from surgery.anatomy._classifier import Arch, ClassifierAnatomy
 from surgery.anatomy._layers import linear_default, normal_init
 
 __all__ = ["VideoAnatomy"]
 
 
-def _trunc_normal_002(layer: nn.Linear | nn.Conv2d | nn.Conv3d) -> None:
+def _trunc_normal_002(layer: RowLayer) -> None:
     nn.init.trunc_normal_(layer.weight, std=0.02)
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)

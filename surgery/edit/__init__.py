@@ -23,8 +23,8 @@ Example:
     {'roi_heads.mask_predictor': 'MaskRCNNPredictor(256, 256, 91) → MaskRCNNPredictor(1024, 256, 91)'}
 
 Modules: :mod:`~surgery.edit.transaction` (the transaction, ``edit``, ``replace``, ``adapt``,
-``set_num_classes``), :mod:`~surgery.edit.adapting` (results, placement, adapt rules),
-:mod:`~surgery.edit.num_classes` (resizing class-dependent layers) and
+``set_num_classes``, ``set_num_keypoints``), :mod:`~surgery.edit.adapting` (results, placement, adapt rules),
+:mod:`~surgery.edit.num_classes` (resizing class- and keypoint-dependent layers) and
 :mod:`~surgery.edit.freezing` (``requires_grad`` by glob and by torchvision's rule).
 """
 
@@ -32,14 +32,15 @@ from __future__ import annotations
 
 from surgery.edit.adapting import Adaptation, EditResult
 from surgery.edit.freezing import TrainableRow, TrainableSummary, freeze, freeze_backbone_layers, trainable_summary, unfreeze
-from surgery.edit.num_classes import ClassChange, KeepSpec
-from surgery.edit.transaction import Transaction, adapt, edit, replace, set_num_classes
+from surgery.edit.num_classes import ClassChange, KeepSpec, KeypointChange
+from surgery.edit.transaction import Transaction, adapt, edit, replace, set_num_classes, set_num_keypoints
 
 __all__ = [
     "Adaptation",
     "ClassChange",
     "EditResult",
     "KeepSpec",
+    "KeypointChange",
     "TrainableRow",
     "TrainableSummary",
     "Transaction",
@@ -49,6 +50,7 @@ __all__ = [
     "freeze_backbone_layers",
     "replace",
     "set_num_classes",
+    "set_num_keypoints",
     "trainable_summary",
     "unfreeze",
 ]

@@ -3,7 +3,7 @@
 :class:`Transaction` saves the model's structure (:class:`surgery._state.Snapshot` with
 ``structure=True``) on entry, checks the model when the block ends, and puts the structure
 back when the block raised or introduced an error-severity finding. :func:`replace`,
-:func:`adapt` and :func:`set_num_classes` are one-step transactions.
+:func:`adapt`, :func:`set_num_classes` and :func:`set_num_keypoints` are one-step transactions.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from surgery.anatomy import anatomy_for
 from surgery.check import check as _run_check
 from surgery.edit.adapting import Adaptation, EditResult, _apply_rule, _move, _slot_content, _slot_place
 from surgery.edit.freezing import freeze, freeze_backbone_layers, unfreeze
-from surgery.edit.num_classes import ClassChange, KeepSpec, resize_classes
+from surgery.edit.num_classes import ClassChange, KeepSpec, KeypointChange, resize_classes, resize_keypoints
 from surgery.findings import Finding, Report
 
-__all__ = ["Transaction", "adapt", "edit", "replace", "set_num_classes"]
+__all__ = ["Transaction", "adapt", "edit", "replace", "set_num_classes", "set_num_keypoints"]
 
 _log = logging.getLogger("surgery")
 
@@ -212,6 +212,14 @@ class Transaction:
         self._note(change.notes)
         return change
 
+    def set_num_keypoints(self, num_keypoints: int, *, keep: KeepSpec | None = None) -> KeypointChange:
+        """Rebuild every keypoint-dependent layer; see :func:`surgery.set_num_keypoints`."""
+        self._require_open("set_num_keypoints")
+        change, slots = resize_keypoints(self.model, self.anatomy, num_keypoints, keep)
+        self._touch(*slots)
+        self._note(change.notes)
+        return change
+
     def freeze(self, *patterns: str) -> list[str]:
         """Freeze parameters by glob; see :func:`surgery.freeze`."""
         self._require_open("freeze")
@@ -360,3 +368,40 @@ def set_num_classes(model: nn.Module, num_classes: int, *, keep: KeepSpec | None
     change.report = tx.report
     return change
 
+
+
+def set_num_keypoints(model: nn.Module, num_keypoints: int, *, keep: KeepSpec | None = None, check: bool = True) -> KeypointChange:
+    """Rebuild every keypoint-dependent layer for ``num_keypoints`` keypoints, keeping trained keypoints.
+
+    Keypoint R-CNN's ``roi_heads.keypoint_predictor.kps_score_lowres`` (a transposed conv with
+    one heatmap channel per keypoint) is rebuilt and the predictor's ``out_channels`` set. Kept
+    keypoints get their trained channels copied into their new positions; the others are
+    initialised as torchvision does (``kaiming_normal_(fan_out, relu)`` weights, zero bias).
+    The layer keeps its device, dtype, train/eval mode and ``requires_grad``. Like
+    :func:`set_num_classes`, it runs as a checked, all-or-nothing transaction.
+
+    Args:
+        model: A Keypoint R-CNN.
+        num_keypoints: The new keypoint count, an int >= 1.
+        keep: ``{new_index: old_index}``, or a list whose item ``i`` is the old index new
+            keypoint ``i`` takes (``[0, 5, 6]`` keeps the nose and the shoulders of COCO's 17
+            as 0, 1, 2). None keeps every keypoint at its own index where both counts have it;
+            ``[]`` keeps nothing.
+        check: Check afterwards and roll back on a new error.
+
+    Returns:
+        A :class:`KeypointChange` with the channels copied and initialised per parameter path.
+
+    Raises:
+        TypeError: ``keep`` is neither a mapping nor a sequence; nothing changed.
+        ValueError: ``num_keypoints`` or an index in ``keep`` is not an int or is out of range,
+            the model predicts no keypoints, or its keypoint predictor's layout is unknown;
+            nothing changed.
+        IncompatibleError: The result has a new error; the model is back as it was.
+    """
+    require_module(model, "set_num_keypoints()")
+    tx = Transaction(model, check=check, label=f"set_num_keypoints({num_keypoints!r})", scoped=True)
+    with tx:
+        change = tx.set_num_keypoints(num_keypoints, keep=keep)
+    change.report = tx.report
+    return change
