@@ -77,7 +77,7 @@ def test_models_without_keypoints_are_refused() -> None:
                                          r"keypoint branch"):
         surgery.set_num_keypoints(model, 5)
     with pytest.raises(ValueError, match=r"^set_num_keypoints\(\) changes models that predict keypoints \(Keypoint R-CNN\); "
-                                         r"ResNet \(generic family\) predicts none$"):
+                                         r"ResNet \(classification family\) predicts none$"):
         surgery.set_num_keypoints(build("resnet18"), 5)
 
 
