@@ -104,14 +104,11 @@ def test_r101_modules_that_ran_on_nothing_are_told_from_those_that_worked(r101: 
     assert watch.emptied == "rpn"
 
 
-def test_r101_trace_says_why_instead_of_calling_the_heads_orphans(r101: MaskRCNN) -> None:
+def test_r101_trace_shows_the_heads_ran_on_nothing(r101: MaskRCNN) -> None:
     result = surgery.trace(r101, image_size=HEAVY)
-    assert result.uncalled == []
-    assert [(f.code, f.paths) for f in result.findings] == [
-        ("not-exercised", ("roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.mask_head", "roi_heads.mask_predictor"))]
-    assert result.findings[0].message.startswith(
-        "the eval pass returned 0 detections for 2 images, at the model's own score thresholds: roi_heads.box_head, ")
-    assert result.findings[0].message.endswith("; trace with mode='both' to run them in a train step too")
+    assert result.uncalled == [] and result.findings == []
+    mask_head = next(c for c in result.calls if c.path == "roi_heads.mask_head")
+    assert [i.shape for i in mask_head.outputs] == [(0, 256, 14, 14)]  # the trace records the 0 RoIs it got
 
 
 def test_r101_diff_states_why_it_could_not_measure_the_bigger_mask_head(r101: MaskRCNN) -> None:
@@ -233,15 +230,32 @@ def test_generic_slot_skipped_in_eval_gets_the_exact_warning() -> None:
     assert result.findings[0].message == "the eval pass: aux never ran on any data, so the eval pass proved nothing about it"
 
 
-def test_trace_of_an_eval_with_no_detection_says_why() -> None:
+class SkipEmptyHead(MaskRCNNHeads):
+    """Returns zeros without running its layers when it gets no RoI."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] == 0:
+            return x.new_zeros(0, 32, *x.shape[2:])
+        return super().forward(x)
+
+
+def test_trace_of_an_eval_with_no_detection_says_why_instead_of_calling_the_head_an_orphan() -> None:
     model = tiny_maskrcnn()
     model.roi_heads.detections_per_img = 0
+    model.roi_heads.mask_head = SkipEmptyHead(32, (32, 32), 1)
     result = surgery.trace(model, image_size=SIZE)
-    assert [f.message for f in result.findings] == [
-        "the eval pass returned 0 detections for 2 images, at the model's own score thresholds: roi_heads.mask_head and "
-        "roi_heads.mask_predictor never ran on any data, so the eval pass proved nothing about them; trace with mode='both' "
-        "to run them in a train step too"]
+    assert result.uncalled == ["roi_heads.mask_head.0", "roi_heads.mask_head.1"]
+    assert [(f.severity, f.code, f.paths) for f in result.findings] == [("warning", "not-exercised", ("roi_heads.mask_head",))]
+    assert result.findings[0].message == (
+        "the eval pass returned 0 detections for 2 images, at the model's own score thresholds: roi_heads.mask_head never "
+        "ran on any data, so the eval pass proved nothing about it; trace with mode='both' to run them in a train step too")
     assert surgery.trace(model, image_size=SIZE, mode="both").findings == []
+    model.roi_heads.detections_per_img = 10  # with detections, the same layers never running are orphans
+    model.roi_heads.mask_head = SkipEmptyHead(32, (32, 32), 1)
+    model.roi_heads.mask_head.forward = lambda x: x.new_zeros(x.shape[0], 32, *x.shape[2:])  # type: ignore[method-assign]
+    orphans = surgery.trace(model, image_size=SIZE).findings
+    assert [(f.code, f.paths[0]) for f in orphans] == [("orphan-module", "roi_heads.mask_head.0"),
+                                                       ("orphan-module", "roi_heads.mask_head.1")]
 
 
 # --------------------------------------------------------------------------- exploding

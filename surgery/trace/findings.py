@@ -218,12 +218,12 @@ def _findings(model: nn.Module, anatomy: Anatomy, result: Trace) -> list[Finding
     orphans: dict[str, str | None] = {}
     uncalled = list(result.uncalled)
     if result.modes == ("eval",) and result._eval_outcome is not None:
-        # the pass returned nothing (0 detections): heads it skipped or ran on nothing are not orphans
-        idle = _idle_in_eval(model, anatomy, result)
+        # the pass returned nothing (0 detections): a head it skipped is idle, not an orphan
+        idle = [s for s in _idle_in_eval(model, anatomy, result) if any(_within(p, s) for p in uncalled)]
         if idle:
             out.append(not_exercised_finding("the eval pass", idle, result._eval_outcome,
                                              ["trace with mode='both' to run them in a train step too"]))
-        uncalled = [p for p in uncalled if not any(p == s or p.startswith(s + ".") for s in idle)]
+        uncalled = [p for p in uncalled if not any(_within(p, s) for s in idle)]
     for path in uncalled:
         module = model.get_submodule(path)
         own = [f"{path}.{n}" for n, p in module.named_parameters() if p.requires_grad]
@@ -248,6 +248,10 @@ def _findings(model: nn.Module, anatomy: Anatomy, result: Trace) -> list[Finding
     if result.non_finite:
         out.append(Finding("error", "non-finite", (), "NaN or Inf in " + ", ".join(result.non_finite), None))
     return out
+
+
+def _within(path: str, slot: str) -> bool:
+    return path == slot or path.startswith(slot + ".")
 
 
 def _idle_in_eval(model: nn.Module, anatomy: Anatomy, result: Trace) -> list[str]:
