@@ -24,6 +24,7 @@ __all__ = [
     "check_int",
     "tensors_in",
     "all_finite",
+    "max_abs",
     "ModuleStack",
 ]
 
@@ -137,21 +138,53 @@ def all_finite(value: Any) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors_in(value) if t.is_floating_point() and t.numel())
 
 
+def max_abs(value: Any) -> float | None:
+    """The largest finite ``|x|`` over the floating-point tensors inside ``value`` (None when there are none)."""
+    found: float | None = None
+    for t in tensors_in(value):
+        if t.is_floating_point() and t.numel() and t.device.type != "meta":
+            finite = t.detach().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+            v = float(finite.abs().max())
+            found = v if found is None else max(found, v)
+    return found
+
+
 class ModuleStack:
     """Forward hooks on every module of a model that keep the stack of modules running.
 
     Used as a context manager: the hooks exist only inside the block. After a forward that
     raised, :meth:`innermost` names the module that was running. With ``watch_finite``, the
-    first module whose output holds NaN/Inf is remembered in :attr:`nonfinite`.
+    first module whose output holds NaN/Inf is remembered in :attr:`nonfinite`. With
+    ``watch_bound``, the first module whose output holds a value with ``|x|`` above it is
+    remembered in :attr:`exploded` (with that largest ``|x|`` in :attr:`exploded_max`).
+    With ``record``, every call is sorted by whether it did work (:attr:`called`,
+    :attr:`worked`, :attr:`emptied`): a module that only ever received or returned empty
+    tensors (e.g. a mask head fed 0 boxes) was called but did no work.
+
+    Attributes:
+        called: Paths of the modules that were called (``record`` only).
+        worked: Paths of the modules called at least once on data: their output held a
+            non-empty tensor (or, when it held no tensor at all, their input did).
+        emptied: The first module to finish whose tensor inputs were all non-empty but whose
+            output tensors were all empty: where the data ran out (e.g. a proposal network
+            that kept no box).
     """
 
-    def __init__(self, model: nn.Module, *, watch_finite: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, watch_finite: bool = False, watch_bound: float | None = None,
+                 record: bool = False) -> None:
         self.names = {id(m): name for name, m in model.named_modules()}
         self.model = model
         self.stack: list[nn.Module] = []
         self.handles: list[Any] = []
         self.nonfinite: str | None = None
         self.watch_finite = watch_finite
+        self.watch_bound = watch_bound
+        self.exploded: str | None = None
+        self.exploded_max: float | None = None
+        self.record = record
+        self.called: set[str] = set()
+        self.worked: set[str] = set()
+        self.emptied: str | None = None
 
     def __enter__(self) -> ModuleStack:
         self.stack.clear()
@@ -176,6 +209,24 @@ class ModuleStack:
                 break
         if self.watch_finite and self.nonfinite is None and not all_finite(output):
             self.nonfinite = self.path(module)
+        if self.watch_bound is not None and self.exploded is None:
+            largest = max_abs(output)
+            if largest is not None and largest > self.watch_bound:
+                self.exploded, self.exploded_max = self.path(module), largest
+        if self.record:
+            self._record(module, args, output)
+
+    def _record(self, module: nn.Module, args: Any, output: Any) -> None:
+        path = self.path(module)
+        self.called.add(path)
+        if path in self.worked and self.emptied is not None:
+            return
+        outs = [t.numel() > 0 for t in tensors_in(output)]
+        ins = [t.numel() > 0 for t in tensors_in(args)]
+        if any(outs) or (not outs and any(ins)):
+            self.worked.add(path)
+        elif outs and ins and all(ins) and self.emptied is None:
+            self.emptied = path
 
     def path(self, module: nn.Module) -> str:
         """The dotted path of ``module`` in the model (``""`` for the root or an unknown module)."""

@@ -23,6 +23,7 @@ CODES: dict[str, str] = {
     "shape-error": "a probe or forward pass raised",
     "non-finite": "a loss or output is NaN/Inf",
     "not-exercised": "a slot with parameters never ran in a phase, so that phase proved nothing about it",
+    "exploding": "a loss or activation is finite but far too large (random weights with no normalisation, a bad init or input scale)",
 }
 _SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
 

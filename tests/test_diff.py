@@ -93,7 +93,8 @@ def test_text_and_dict(structural: tuple[nn.Module, Diff], maskrcnn: nn.Module) 
     params_row = next(line for line in text.splitlines() if line.strip().startswith("params"))
     assert params_row.split() == ["params", f"{total:,}", f"{total + 7_865_856:,}", "+7,865,856", "1.18×"]
     body = json.loads(json.dumps(d.to_dict()))
-    assert list(body) == ["before", "after", "slots", "modules", "cost", "settings", "problems"]
+    assert list(body) == ["before", "after", "slots", "modules", "cost", "settings", "problems", "notes"]
+    assert body["notes"] == []
     assert body["cost"]["params"] == {"name": "params", "before": total, "after": total + 7_865_856, "delta": 7_865_856,
                                       "ratio": pytest.approx((total + 7_865_856) / total), "unit": "count"}
     assert [m["path"] for m in body["modules"]] == ["roi_heads.mask_head.2.0", "roi_heads.mask_head.3.0", "roi_heads.mask_head.4",

@@ -460,6 +460,17 @@ class Anatomy:
         score thresholds); everything is put back afterwards."""
         yield
 
+    def unexercised_reason(self, model: nn.Module, output: Any, exercised: bool) -> str | None:
+        """Why an eval-mode ``output`` left heads without work, in words that follow "the eval
+        pass", e.g. ``"returned 0 detections for 2 images"``; None when the family cannot tell.
+
+        Args:
+            model: The model.
+            output: What the eval forward returned.
+            exercised: True when the pass ran inside :meth:`exercised`.
+        """
+        return None
+
     # ----------------------------------------------------------------------- classes
 
     def num_classes(self, model: nn.Module) -> int | None:

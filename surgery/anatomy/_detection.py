@@ -228,6 +228,19 @@ class DetectionAnatomy(Anatomy):
             for m, value in saved:
                 m.__dict__["score_thresh"] = value
 
+    def unexercised_reason(self, model: nn.Module, output: Any, exercised: bool) -> str | None:
+        """``"returned 0 detections for 2 images, even with every score threshold at 0"`` when no
+        image got a box (the second-stage heads then ran on nothing); None otherwise."""
+        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], list):  # scripted: (losses, detections)
+            output = output[1]
+        if not isinstance(output, list) or not all(isinstance(o, Mapping) for o in output):
+            return None
+        boxes = [o.get("boxes") for o in output]
+        if not all(isinstance(b, Tensor) for b in boxes) or any(b.shape[0] for b in boxes if isinstance(b, Tensor) and b.dim()):
+            return None
+        where = "even with every score threshold at 0" if exercised else "at the model's own score thresholds"
+        return f"returned 0 detections for {len(output)} image{'s' if len(output) != 1 else ''}, {where}"
+
     def check_eval_output(self, model: nn.Module, output: Any, images: Any, label: str) -> list[Finding]:
         """One result dict per image, with the family's keys, shapes and dtypes; labels in
         ``[0, num_classes)``; boxes inside the image; everything finite."""

@@ -21,7 +21,10 @@ Cost, each as before / after / ratio, from one process:
 During the cost measurement the detection score thresholds are set to 0, so that the
 second-stage heads (mask, keypoint) run on a full ``detections_per_img`` worth of boxes, as
 for a trained model on a busy image; an untrained model would otherwise keep no detections
-and its mask head would cost nothing. Every model setting is put back afterwards.
+and its mask head would cost nothing. Every model setting is put back afterwards. Forward
+hooks on the counted forward check that every slot with parameters ran on data; when one did
+not (e.g. random weights whose activations explode leave no proposal at all), a note in
+:attr:`Diff.notes` names it and says why, so a ΔFLOPs of 0 is never silent.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class Diff:
         memory: Peak bytes of one eval forward (see the module docs for how).
         settings: How the costs were measured (image size, runs, devices, memory method).
         problems: Why a cost could not be measured (e.g. a model's forward raised).
+        notes: Slots with parameters that never ran on data during the measurement, per
+            model, and why: their cost is missing from the figures.
     """
 
     before: str
@@ -70,6 +75,7 @@ class Diff:
     memory: Measure | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def changed_slots(self) -> list[Change]:
@@ -90,6 +96,7 @@ class Diff:
             "cost": {m.name: m.to_dict() for m in self.measures},
             "settings": dict(self.settings),
             "problems": list(self.problems),
+            "notes": list(self.notes),
         }
 
     def __str__(self) -> str:
@@ -110,6 +117,8 @@ class Diff:
             lines.append("  " + "  ".join(r[i].ljust(widths[i]) if i == 0 else r[i].rjust(widths[i]) for i in range(len(r))).rstrip())
         for p in self.problems:
             lines.append(f"  ! {p}")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
         return "\n".join(lines)
 
     def _cost_caption(self) -> str:
@@ -176,10 +185,11 @@ def diff(
         trainable=Measure("trainable", trainable_b, trainable_a),
     )
     if cost:
-        flops, latency, memory, settings, problems = measure_costs(
+        flops, latency, memory, settings, problems, notes = measure_costs(
             before, after, image_size=image_size, batch_size=batch_size, runs=runs, progress=progress
         )
         result.flops, result.latency, result.memory = flops, latency, memory
         result.settings = settings
         result.problems = problems
+        result.notes = notes
     return result

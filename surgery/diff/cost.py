@@ -1,5 +1,9 @@
 """Cost of one eval forward, measured on two models side by side: FLOPs, latency and peak
-memory (see :mod:`surgery.diff` for how each is counted), and the progress bar shown meanwhile."""
+memory (see :mod:`surgery.diff` for how each is counted), and the progress bar shown meanwhile.
+
+The counted forward runs under forward hooks that record which slots ran on data, so that a
+head that never ran (a mask head fed 0 detections) is stated in a note instead of hiding
+behind a ΔFLOPs of 0."""
 
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from surgery._state import preserved
-from surgery._util import device_of, first_line, sync
+from surgery._util import ModuleStack, device_of, first_line, sync
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.overview import human
+from surgery.trace.findings import idle_reason, idle_slots
 
 __all__ = ["Measure", "Progress", "ProgressBar", "measure_costs"]
 
@@ -184,10 +189,11 @@ class _Runner:
         anatomy.fit_inputs(model, [(image_size, image_size)] * batch_size)
         model.eval()
         self.error: str | None = None
+        self.note: str | None = None
 
-    def forward(self) -> None:
+    def forward(self) -> Any:
         with torch.no_grad():
-            self.anatomy.call(self.model, self.images, None, train=False)
+            return self.anatomy.call(self.model, self.images, None, train=False)
 
     def attempt(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; a model whose forward raises is recorded and skipped from then on."""
@@ -202,18 +208,37 @@ class _Runner:
     def flops_and_memory(self) -> tuple[int, int]:
         """FLOPs and peak memory of one eval forward."""
         counter = FlopCounterMode(display=False)
+        watch = ModuleStack(self.model, record=True)
         if self.device.type == "cuda":
             sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
-            with counter:
-                self.forward()
+            with counter, watch:
+                output = self.forward()
             sync(self.device)
-            return int(counter.get_total_flops()), int(torch.cuda.max_memory_allocated(self.device) - base)
-        tracker = _PeakTensorMemory()
-        with counter, tracker:
-            self.forward()
-        return int(counter.get_total_flops()), int(tracker.peak)
+            peak = int(torch.cuda.max_memory_allocated(self.device) - base)
+        else:
+            tracker = _PeakTensorMemory()
+            with counter, tracker, watch:
+                output = self.forward()
+            peak = int(tracker.peak)
+        self.note = self._idle_note(watch, output)
+        return int(counter.get_total_flops()), peak
+
+    def _idle_note(self, watch: ModuleStack, output: Any) -> str | None:
+        """Which slots with parameters did no work in the counted forward, and why, or None."""
+        slots = [s.path for s in self.anatomy.slots(self.model)]
+        idle = idle_slots(self.model, slots, watch.worked, watch.called)
+        if not idle:
+            return None
+        outcome = self.anatomy.unexercised_reason(self.model, output, exercised=True)
+        listed = idle[0] if len(idle) == 1 else ", ".join(idle[:-1]) + f" and {idle[-1]}"
+        text = f"{self.name} model: {listed} never ran on any data during the measurement"
+        if outcome:
+            text += f" (the eval forward {outcome})"
+        text += ", so their cost is missing from FLOPs, latency and memory" if len(idle) > 1 else ", so its cost is missing from FLOPs, latency and memory"
+        causes = idle_reason(self.model, watch.emptied, None)
+        return text + "".join(f"; {c}" for c in causes)
 
     def timed(self) -> float:
         sync(self.device)
@@ -225,7 +250,7 @@ class _Runner:
 
 def measure_costs(
     before: nn.Module, after: nn.Module, *, image_size: int, batch_size: int, runs: int, progress: Progress | None
-) -> tuple[Measure, Measure, Measure, dict[str, Any], list[str]]:
+) -> tuple[Measure, Measure, Measure, dict[str, Any], list[str], list[str]]:
     """FLOPs, latency and peak memory of one eval forward of each model.
 
     Args:
@@ -237,8 +262,9 @@ def measure_costs(
         progress: Called as ``progress(done, total, what)`` after each step, or None.
 
     Returns:
-        The FLOPs, latency and peak memory measures, the settings they were taken with, and
-        why a model could not be measured (one line per model whose forward raised).
+        The FLOPs, latency and peak memory measures, the settings they were taken with, why a
+        model could not be measured (one line per model whose forward raised), and notes: one
+        per model in which a slot with parameters never ran on data during the counted forward.
     """
     total = 2 + 2 * (runs + 1)
     done = 0
@@ -274,6 +300,7 @@ def measure_costs(
         latency = [statistics.median(t) if t else None for t in times]
         devices = sorted({str(r.device) for r in runners})
         problems = [r.error for r in runners if r.error is not None]
+        notes = [r.note for r in runners if r.note is not None and r.error is None]
     settings = {
         "image_size": image_size,
         "batch_size": batch_size,
@@ -290,6 +317,7 @@ def measure_costs(
         Measure("peak memory", _num(memory[0]), _num(memory[1]), "bytes"),
         settings,
         problems,
+        notes,
     )
 
 

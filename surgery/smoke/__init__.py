@@ -7,10 +7,17 @@ One call runs, in order:
    every loss key of the family present, each loss finite, backward, every trainable
    parameter reached by a gradient, gradients finite; with ``steps=N``, an SGD step between
    consecutive steps, so that the later steps run on updated weights;
-3. an eval pass: one result per image with the family's keys, shapes and dtypes, labels in
-   ``[0, num_classes)``, boxes inside the image;
+3. an eval pass, inside :meth:`Anatomy.exercised` (detection score thresholds at 0, so that
+   the second-stage heads run even with random weights): one result per image with the
+   family's keys, shapes and dtypes, labels in ``[0, num_classes)``, boxes inside the image;
 4. with ``ddp=N``: ``N`` processes wrapping the model in ``DistributedDataParallel``
    (:mod:`surgery.smoke.ddp`).
+
+Forward hooks record which slots ran on data in the train steps and in the eval pass: a slot
+with parameters that was called but did no work in a phase (a mask head fed 0 boxes) gets a
+``not-exercised`` warning saying why when that is known, so an "ok" never hides a head that
+was never run. A loss above :data:`~surgery.smoke.step.LOSS_BOUND` gets an ``exploding``
+warning naming the first module whose output explodes.
 
 Each phase is timed (CUDA-synchronized) and its peak memory recorded. The model comes back
 exactly as it was: device, modes, ``requires_grad``, ``.grad``, hooks, buffers, transform
@@ -33,12 +40,13 @@ from torch import nn
 from surgery._state import preserved
 from surgery._util import ModuleStack, check_int, require_module
 from surgery.anatomy import anatomy_for
-from surgery.findings import Report
+from surgery.findings import Finding, Report
 from surgery.smoke.ddp import run_ddp
 from surgery.smoke.device import MEMORY_SOURCES, _Meter, amp_name, resolve_amp, resolve_device
 from surgery.smoke.result import Phase, SmokeResult
 from surgery.smoke.step import Run, raised_finding, train
 from surgery.synthetic import synthetic_batch
+from surgery.trace.findings import idle_reason, idle_slots, not_exercised_finding
 
 __all__ = [
     "Phase",
@@ -56,15 +64,45 @@ def _eval(run: Run, images: Any) -> None:
     """Run one eval pass, adding findings to ``run``."""
     model = run.model
     model.eval()
-    where = ModuleStack(model)
+    where = ModuleStack(model, record=True)
     label = f"the eval pass{run.amp_note}"
     try:
-        with torch.no_grad(), where, run.autocast():
+        with torch.no_grad(), run.anatomy.exercised(model), where, run.autocast():
             output = run.anatomy.call(model, images, None, train=False)
     except Exception as e:  # noqa: BLE001 - a user model may raise anything; it becomes a finding
         run.add([raised_finding(model, where.innermost(), label, e)])
         return
+    run.evaluated = where
+    run.eval_outcome = run.anatomy.unexercised_reason(model, output, exercised=True)
     run.add(run.anatomy.check_eval_output(model, output, images, label))
+
+
+def _not_exercised(run: Run) -> list[Finding]:
+    """One ``not-exercised`` warning per pass that left slots with parameters without work.
+
+    A slot never called in any pass is an orphan (``orphan-module``, ``unused-parameter``);
+    it is not repeated here. When both passes left the same slots idle, one finding says so
+    for both (findings with the same code and paths are one finding in a report).
+    """
+    stacks = [s for s in (run.trained, run.evaluated) if s is not None]
+    called = set().union(*(s.called for s in stacks))
+    slots = [s.path for s in run.anatomy.slots(run.model)]
+    found: list[Finding] = []
+    phases = ((run.trained, f"the train step{'s' if run.steps > 1 else ''}{run.amp_note}", None),
+              (run.evaluated, f"the eval pass{run.amp_note}", run.eval_outcome))
+    for stack, phase, outcome in phases:
+        if stack is None:
+            continue
+        idle = idle_slots(run.model, slots, stack.worked, called)
+        if not idle:
+            continue
+        finding = not_exercised_finding(phase, idle, outcome, idle_reason(run.model, stack.emptied, run.exploded))
+        if found and found[0].paths == finding.paths:
+            first = found[0]
+            found[0] = Finding(first.severity, first.code, first.paths, f"{first.message}. Likewise, {finding.message}", first.fix)
+        else:
+            found.append(finding)
+    return found
 
 
 # --------------------------------------------------------------------------- entry point
@@ -175,7 +213,9 @@ def smoke_test(
                          f"{steps} step(s), {len(run.losses)} losses" + (f", {run.sgd_steps} SGD step(s) undone" if run.sgd_steps else "")))
             with meter_eval.measure():
                 _eval(run, images)
-            finish(Phase("eval", "", meter_eval.seconds, meter_eval.peak, batch_size / max(meter_eval.seconds, 1e-9), "no_grad"))
+            run.add(_not_exercised(run))
+            finish(Phase("eval", "", meter_eval.seconds, meter_eval.peak, batch_size / max(meter_eval.seconds, 1e-9),
+                         "no_grad"))
         finally:
             for p in params:
                 p.grad = None

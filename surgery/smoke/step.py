@@ -4,14 +4,16 @@
 :meth:`Anatomy.train_losses` (or, for a family without losses of its own, the sum of the
 means of the output's floating-point tensors), backward. :func:`train` runs the smoke
 test's steps with it and adds what only the single-process phase checks: every loss key of
-the family present and finite, every trainable parameter reached by a gradient, gradients
-finite. The DDP workers (:mod:`surgery.smoke.ddp`) call :func:`train_step` through the
+the family present and finite, no loss above :data:`LOSS_BOUND` (``exploding``, naming the
+first module whose output passes :data:`ACTIVATION_BOUND`), every trainable parameter reached
+by a gradient, gradients finite; it records which modules ran on data, for ``not-exercised``. The DDP workers (:mod:`surgery.smoke.ddp`) call :func:`train_step` through the
 ``DistributedDataParallel`` wrapper, so both phases extract losses and report a bad output
 alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -27,10 +29,25 @@ from surgery.findings import Finding, Report
 from surgery.smoke.device import amp_note, autocast
 from surgery.trace import unused_parameter_findings
 
-__all__ = ["Run", "StepOutcome", "describe_module", "raised_finding", "raised_finding_text", "step_losses", "train", "train_step"]
+__all__ = [
+    "ACTIVATION_BOUND",
+    "LOSS_BOUND",
+    "Run",
+    "StepOutcome",
+    "describe_module",
+    "raised_finding",
+    "raised_finding_text",
+    "step_losses",
+    "train",
+    "train_step",
+]
 
 #: Learning rate of the SGD step between train steps (undone afterwards).
 LR = 1e-3
+#: A finite loss above this is ``exploding``: a model that trains starts orders of magnitude lower.
+LOSS_BOUND = 1e3
+#: A module output with ``|x|`` above this is where activations explode (the diagnosis of ``exploding``).
+ACTIVATION_BOUND = 1e4
 
 
 # --------------------------------------------------------------------------- where did it fail
@@ -128,6 +145,7 @@ def train_step(
     label: str,
     amp: AbstractContextManager[Any] | None = None,
     runner: nn.Module | None = None,
+    where: ModuleStack | None = None,
 ) -> StepOutcome:
     """One forward (train mode), the losses, one backward; never raises for the model's errors.
 
@@ -139,11 +157,13 @@ def train_step(
         label: The step in messages, e.g. ``"train step 1"`` or ``"DDP rank 0, step 1"``.
         amp: The autocast context for the forward, or None.
         runner: What to call instead of ``model`` (its ``DistributedDataParallel`` wrapper).
+        where: The :class:`~surgery._util.ModuleStack` of ``model`` to run the forward under
+            (one with ``record=True`` keeps which modules ran on data); a plain one when None.
 
     Returns:
         A :class:`StepOutcome`. Gradients are left in ``.grad``; the caller zeroes them.
     """
-    where = ModuleStack(model)
+    where = where if where is not None else ModuleStack(model)
     try:
         with where, amp if amp is not None else nullcontext():
             output = anatomy.call(runner if runner is not None else model, images, targets, train=True)
@@ -189,6 +209,13 @@ class Run:
     losses: dict[str, float] = field(default_factory=dict)
     phase_errors: int = 0
     sgd_steps: int = 0
+    #: Which modules ran on data in the train steps and in the eval pass (None: the pass raised).
+    trained: ModuleStack | None = None
+    evaluated: ModuleStack | None = None
+    #: ``(path, max |x|)`` of the first module whose output exploded, when a loss was above the bound.
+    exploded: tuple[str, float] | None = None
+    #: What the eval output says about idle heads (:meth:`Anatomy.unexercised_reason`).
+    eval_outcome: str | None = None
 
     def add(self, findings: Iterable[Finding]) -> None:
         """Add findings to the report, counting the current phase's errors (also those merged as duplicates)."""
@@ -215,12 +242,14 @@ def train(run: Run, images: Any, targets: Any) -> None:
     unused: set[str] = set()
     bad_grads: dict[str, str] = {}
     nonfinite_loss = False
+    loud_reported = False
+    stack = ModuleStack(model, record=True)
     model.train()
     for step in range(run.steps):
         for p in model.parameters():
             p.grad = None
         label = f"train step {step + 1}{run.amp_note}"
-        outcome = train_step(model, anatomy, images, targets, label=label, amp=run.autocast())
+        outcome = train_step(model, anatomy, images, targets, label=label, amp=run.autocast(), where=stack)
         if outcome.stage == "forward" and outcome.error is not None:
             run.add([raised_finding(model, outcome.where, f"the forward pass of {label}", outcome.error)])
             return
@@ -238,6 +267,11 @@ def train(run: Run, images: Any, targets: Any) -> None:
         if bad:
             nonfinite_loss = True
             run.add(_nonfinite_loss_findings(run, images, targets, bad, label))
+        loud = {k: float(v.detach().float().abs().max()) for k, v in losses.items() if k not in bad and v.numel()}
+        loud = {k: v for k, v in loud.items() if v > LOSS_BOUND}
+        if loud and not loud_reported:
+            loud_reported = True
+            run.add([_exploding_finding(run, images, targets, loud, label)])
         run.add(outcome.findings)
         if outcome.error is not None:
             message = f"backward of {label} raised {type(outcome.error).__name__}: {first_lines(str(outcome.error))}"
@@ -254,6 +288,7 @@ def train(run: Run, images: Any, targets: Any) -> None:
         if optimizer is not None and step + 1 < run.steps:  # update between steps; the last step needs none
             optimizer.step()
             run.sgd_steps += 1
+    run.trained = stack
     run.add(unused_parameter_findings(model, unused, context=f"the train step{run.amp_note}"))
     if bad_grads and not nonfinite_loss:
         owners: dict[str, list[str]] = {}
@@ -285,3 +320,24 @@ def _nonfinite_loss_findings(run: Run, images: Any, targets: Any, bad: dict[str,
         out.append(Finding("error", "non-finite", paths, f"loss {name!r} is {value} in {label}{origin}{hint}",
                            "make the module's output finite for random weights and inputs (check divisions, logs, exp, and initialisation)"))
     return out
+
+
+def _exploding_finding(run: Run, images: Any, targets: Any, loud: dict[str, float], label: str) -> Finding:
+    """An ``exploding`` warning naming the losses above :data:`LOSS_BOUND` and the first module
+    whose output passes :data:`ACTIVATION_BOUND` (one more forward, no grad, with hooks)."""
+    where = ModuleStack(run.model, watch_bound=ACTIVATION_BOUND)
+    with contextlib.suppress(Exception), torch.no_grad(), where, run.autocast():  # best effort: the warning stands anyway
+        run.anatomy.call(run.model, images, targets, train=True)
+    listed = ", ".join(f"{name!r} = {value:.4g}" for name, value in loud.items())
+    message = f"{'loss' if len(loud) == 1 else 'losses'} {listed} in {label} {'is' if len(loud) == 1 else 'are'} above {LOSS_BOUND:g}"
+    if where.exploded is not None and where.exploded_max is not None:
+        run.exploded = (where.exploded, where.exploded_max)
+        message += (f"; the first module whose output explodes (|x| > {ACTIVATION_BOUND:g}) is "
+                    f"{describe_module(run.model, where.exploded)}, with |x| up to {where.exploded_max:.3g}")
+        paths = _slot(run.model, where.exploded)
+    else:
+        message += f"; no module's output passes |x| = {ACTIVATION_BOUND:g}, so the loss itself is large"
+        paths = ()
+    return Finding("warning", "exploding", paths, message,
+                   "keep activations near 1 for random inputs: normalise after the layers named (a frozen or "
+                   "untrained norm layer passes values through unscaled), fix their initialisation, or load trained weights")

@@ -213,6 +213,7 @@ def _run(
                         with torch.no_grad(), _FlowMode(recorder):
                             output = anatomy.call(model, images, None, train=False)
                         result.non_finite.extend(_non_finite(output, "eval output"))
+                        result._eval_outcome = anatomy.unexercised_reason(model, output, exercised=False)
                         del output
                     else:
                         model.train()

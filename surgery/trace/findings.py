@@ -1,10 +1,12 @@
 """Findings of :func:`surgery.trace`: the ``shape-error`` of a pass that raised, the
-``orphan-module``, ``unused-parameter`` and ``non-finite`` findings of one that ran, and the
-filter that keeps :func:`trace_findings` from repeating what ``check`` already found."""
+``orphan-module``, ``unused-parameter`` and ``non-finite`` findings of one that ran, the
+``not-exercised`` finding (shared with the smoke test and the diff), and the filter that keeps
+:func:`trace_findings` from repeating what ``check`` already found."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -14,7 +16,74 @@ from surgery.findings import Finding, Severity
 from surgery.trace.recorder import _Recorder
 from surgery.trace.results import Trace
 
-__all__ = ["unused_parameter_findings"]
+__all__ = ["idle_slots", "idle_reason", "not_exercised_finding", "unused_parameter_findings"]
+
+
+# --------------------------------------------------------------------------- not-exercised
+
+
+def idle_slots(model: nn.Module, slots: Sequence[str], worked: Collection[str], called: Collection[str]) -> list[str]:
+    """The slots with parameters that were called but did no work, top-most first.
+
+    Args:
+        model: The model.
+        slots: The family's slots present in the model, in data-flow order.
+        worked: Paths of the modules that ran on data in the pass
+            (:attr:`surgery._util.ModuleStack.worked`).
+        called: Paths of the modules called in any pass: a slot never called at all is an
+            orphan, which other findings report.
+
+    Returns:
+        The slots, in ``slots`` order, without those inside an idle slot listed before them.
+    """
+    out: list[str] = []
+    for path in slots:
+        if path in worked or path not in called or any(path.startswith(o + ".") for o in out):
+            continue
+        if next(model.get_submodule(path).parameters(), None) is None:
+            continue
+        out.append(path)
+    return out
+
+
+def _module_text(model: nn.Module, path: str) -> str:
+    try:
+        return f"{path or '<model>'} ({type(model.get_submodule(path)).__name__})"
+    except AttributeError:
+        return path
+
+
+def idle_reason(model: nn.Module, emptied: str | None, exploded: tuple[str, float] | None) -> list[str]:
+    """Clauses saying why slots did no work: where the data ran out, and where activations explode."""
+    out = []
+    if emptied is not None:
+        out.append(f"the data ran out in {_module_text(model, emptied)}, which returned only empty tensors from non-empty inputs")
+    if exploded is not None:
+        out.append(f"activations explode: the output of {_module_text(model, exploded[0])} already reaches |x| = {exploded[1]:.3g}")
+    return out
+
+
+def not_exercised_finding(phase: str, slots: Sequence[str], outcome: str | None = None, causes: Sequence[str] = ()) -> Finding:
+    """The ``not-exercised`` warning of one pass.
+
+    Args:
+        phase: The pass, e.g. ``"the eval pass"``.
+        slots: The slots that did no work (:func:`idle_slots`); they become the paths.
+        outcome: What the pass returned, following ``phase``, when the family can say
+            (``"returned 0 detections for 2 images, even with every score threshold at 0"``).
+        causes: Further clauses (:func:`idle_reason`).
+
+    Returns:
+        ``"<phase> <outcome>: <slots> never ran on any data, so <phase> proved nothing about
+        them; <causes>"``.
+    """
+    listed = slots[0] if len(slots) == 1 else ", ".join(slots[:-1]) + f" and {slots[-1]}"
+    them = "it" if len(slots) == 1 else "them"
+    message = f"{phase} {outcome}" if outcome else phase
+    message += f": {listed} never ran on any data, so {phase} proved nothing about {them}"
+    if causes:
+        message += "; " + "; ".join(causes)
+    return Finding("warning", "not-exercised", tuple(slots), message, None)
 
 
 
@@ -147,7 +216,15 @@ def _findings(model: nn.Module, anatomy: Anatomy, result: Trace) -> list[Finding
     params = dict(model.named_parameters())
     no_grad = set(result.no_grad_params)
     orphans: dict[str, str | None] = {}
-    for path in result.uncalled:
+    uncalled = list(result.uncalled)
+    if result.modes == ("eval",) and result._eval_outcome is not None:
+        # the pass returned nothing (0 detections): a head it skipped is idle, not an orphan
+        idle = [s for s in _idle_in_eval(model, anatomy, result) if any(_within(p, s) for p in uncalled)]
+        if idle:
+            out.append(not_exercised_finding("the eval pass", idle, result._eval_outcome,
+                                             ["trace with mode='both' to run them in a train step too"]))
+        uncalled = [p for p in uncalled if not any(_within(p, s) for s in idle)]
+    for path in uncalled:
         module = model.get_submodule(path)
         own = [f"{path}.{n}" for n, p in module.named_parameters() if p.requires_grad]
         if result.backward and own and not all(n in no_grad for n in own if n in params):
@@ -171,6 +248,24 @@ def _findings(model: nn.Module, anatomy: Anatomy, result: Trace) -> list[Finding
     if result.non_finite:
         out.append(Finding("error", "non-finite", (), "NaN or Inf in " + ", ".join(result.non_finite), None))
     return out
+
+
+def _within(path: str, slot: str) -> bool:
+    return path == slot or path.startswith(slot + ".")
+
+
+def _idle_in_eval(model: nn.Module, anatomy: Anatomy, result: Trace) -> list[str]:
+    """Slots with parameters that did no work in the eval pass: never called, or called only
+    on empty tensors (a call worked when it returned a non-empty tensor, or returned none and
+    received one)."""
+    worked: set[str] = set()
+    for call in result.calls:
+        sizes = [math.prod(i.shape) for i in call.outputs] or [math.prod(i.shape) for i in call.inputs]
+        if any(sizes):
+            worked.add(call.path)
+    slots = [s.path for s in anatomy.slots(model)]
+    everything = {p for p, _ in model.named_modules()}
+    return idle_slots(model, slots, worked, everything)
 
 
 def _new_findings(found: Iterable[Finding], known: Iterable[Finding]) -> list[Finding]:

@@ -168,6 +168,7 @@ class Trace:
     findings: list[Finding] = field(default_factory=list)
     _component_shapes: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = field(default_factory=dict, repr=False)
     _exception: BaseException | None = field(default=None, repr=False, compare=False)
+    _eval_outcome: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
