@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.ops.poolers import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops.poolers import MultiScaleRoIAlign
 
 from surgery import paths
 from surgery._util import first_line
@@ -272,7 +272,7 @@ def spread_sizes(old: Sequence[Sequence[int]], levels: int) -> tuple[tuple[int, 
     The rule:
 
     * as many levels as before: ``old`` unchanged;
-    * every old level had the same sizes (MobileNet's ``((32, 64, 128, 256, 512),) * 3``):
+    * two or more old levels, all with the same sizes (MobileNet's ``((32, 64, 128, 256, 512),) * 3``):
       that tuple on every level;
     * otherwise the sizes of all levels, sorted (joined by torchvision's stock sizes
       :data:`STOCK_SIZES` when there are fewer sizes than levels), are cut into ``levels`` runs of ``k =
@@ -295,7 +295,7 @@ def spread_sizes(old: Sequence[Sequence[int]], levels: int) -> tuple[tuple[int, 
     tuples = [tuple(int(s) for s in level) for level in old]
     if len(tuples) == levels:
         return tuple(tuples)
-    if tuples and all(t == tuples[0] for t in tuples):
+    if len(tuples) > 1 and all(t == tuples[0] for t in tuples):
         return (tuples[0],) * levels
     flat = sorted({s for t in tuples for s in t})
     if len(flat) < levels:
@@ -414,7 +414,7 @@ def first_layer_like(head: nn.Module, width: int, pool: tuple[int, int] | None,
         if layer.in_channels == width or layer.groups != 1:
             return None
         new_layer = nn.Conv2d(width, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,  # type: ignore[arg-type]
-                              layer.dilation, 1, layer.bias is not None, layer.padding_mode)
+                              layer.dilation, 1, layer.bias is not None, layer.padding_mode)  # type: ignore[arg-type]
         old_in, new_in = str(layer.in_channels), str(width)
     else:
         if pool is None:

@@ -41,5 +41,6 @@ class FCOSAnatomy(DenseAnatomy):
     def build_head(self, head: nn.Module, width: int, anchors: int, classes: int) -> tuple[nn.Module, str] | None:
         if type(head) is not FCOSHead:
             return None
-        convs = sum(1 for m in head.classification_head.conv if isinstance(m, nn.Conv2d))
+        tower = head.get_submodule("classification_head.conv")
+        convs = len([m for m in tower.modules() if isinstance(m, nn.Conv2d)])
         return FCOSHead(width, anchors, classes, num_convs=convs), f"FCOSHead({width}, {anchors}, {classes}, num_convs={convs})"

@@ -19,8 +19,8 @@ from surgery import paths
 from surgery.anatomy._backbone import anchor_generator_like, backbone_features, first_layer_like, kaiming_relu, pooler_like
 from surgery.anatomy._base import AdaptRule, AttrUpdate, BackbonePlan, ClassLayer, Context, Contract, Features, Rebuild, Slot
 from surgery.anatomy._detection import DetectionAnatomy
-from surgery.anatomy._layers import int_attr, linear_default, need_layer
 from surgery.anatomy._feed import pool_size
+from surgery.anatomy._layers import int_attr, linear_default, need_layer
 from surgery.anatomy._rcnn_contracts import BRANCHES, contracts
 from surgery.signature import Signature, SlotSignature, output_signature
 
@@ -234,7 +234,8 @@ class RCNNAnatomy(DetectionAnatomy):
             if built is not None:
                 plan.rebuilds.append(Rebuild(gen_path, *built))
                 gen = built[0]
-            counts = sorted({int(a) for a in gen.num_anchors_per_location()}) if hasattr(gen, "num_anchors_per_location") else []
+            per_location = getattr(gen, "num_anchors_per_location", None)
+            counts = sorted({int(a) for a in per_location()}) if callable(per_location) else []
             anchors = counts[0] if len(counts) == 1 else None
         head_path = "rpn.head"
         if paths.exists(model, head_path):
@@ -251,7 +252,7 @@ class RCNNAnatomy(DetectionAnatomy):
                 plan.notes.append(f"{head_path} is a {type(head).__name__}, which adapt cannot rebuild; it must take {width} "
                                   f"channels and predict {anchors if anchors is not None else 'its'} anchors per location")
         names = [n for n in feats.names if n != "pool"] or list(feats.names)
-        for kind, (pool_path, branch_head, _) in BRANCHES.items():
+        for pool_path, branch_head, _ in BRANCHES.values():
             if not paths.exists(model, pool_path):
                 continue
             pool = paths.get(model, pool_path)

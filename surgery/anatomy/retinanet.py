@@ -17,7 +17,18 @@ from surgery.anatomy._backbone import (
     backbone_contracts_findings,
     backbone_features,
 )
-from surgery.anatomy._base import AdaptRule, AttrUpdate, BackbonePlan, ClassLayer, Context, Contract, Features, Rebuild, Slot, is_stock
+from surgery.anatomy._base import (
+    AdaptRule,
+    AttrUpdate,
+    BackbonePlan,
+    ClassLayer,
+    Context,
+    Contract,
+    Features,
+    Rebuild,
+    Slot,
+    is_stock,
+)
 from surgery.anatomy._detection import DetectionAnatomy
 from surgery.anatomy._feed import Flow, feed, finding
 from surgery.anatomy._layers import int_attr, need_layer, prior_init
@@ -95,7 +106,7 @@ class DenseAnatomy(DetectionAnatomy):
             return None
         norm = any(isinstance(m, nn.GroupNorm) for m in head.modules())
         new = RetinaNetHead(width, anchors, classes, norm_layer=partial(nn.GroupNorm, 32) if norm else None)
-        new.regression_head._loss_type = head.regression_head._loss_type
+        new.regression_head._loss_type = head.regression_head._loss_type  # type: ignore[union-attr]
         return new, f"RetinaNetHead({width}, {anchors}, {classes}{', norm_layer=GroupNorm(32)' if norm else ''})"
 
     def backbone_plan(self, model: nn.Module, path: str, feats: Features) -> BackbonePlan:
