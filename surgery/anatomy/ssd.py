@@ -104,8 +104,8 @@ class SSDAnatomy(DetectionAnatomy):
                              f"{len(anchors)}; adapt keeps SSD's default boxes, so it needs the same map count. To change it, {todo}")
         plan = BackbonePlan()
         cls_list = getattr(paths.get(model, CLS), "module_list", None)
-        current = [int(m.in_channels) for m in cls_list] if isinstance(cls_list, nn.ModuleList) and all(
-            isinstance(m, nn.Conv2d) for m in cls_list) else None
+        convs = [m for m in cls_list if isinstance(m, nn.Conv2d)] if isinstance(cls_list, nn.ModuleList) else []
+        current = [int(m.in_channels) for m in convs] if isinstance(cls_list, nn.ModuleList) and len(convs) == len(cls_list) else None
         if current == channels:
             return plan
         if type(head) is not SSDHead or classes is None:
