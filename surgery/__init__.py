@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from surgery import paths
 from surgery._errors import IncompatibleError, LoadError, NotAModuleError, PathError, RenderError, SmokeTestError, SurgeryError
+from surgery.backbones import DetectionBackbone, detection_backbone
 from surgery.check import check
 from surgery.diff import Diff, diff
 from surgery.edit import (
@@ -50,6 +51,7 @@ __all__ = [
     "Adaptation",
     "ClassChange",
     "Component",
+    "DetectionBackbone",
     "Diff",
     "EditResult",
     "Finding",
@@ -81,6 +83,7 @@ __all__ = [
     "Transaction",
     "__version__",
     "adapt",
+    "detection_backbone",
     "check",
     "components",
     "diff",

@@ -48,6 +48,8 @@ class Component:
             module (None when unknown).
         out_sig: Output channels/features read from its last layer (None when unknown).
         accepts: What may replace it.
+        config: What the module is configured with beyond its signature (anchor sizes and
+            ratios per level, a pooler's maps and output size), None when nothing.
     """
 
     path: str
@@ -58,6 +60,7 @@ class Component:
     in_sig: SlotSignature | None
     out_sig: SlotSignature | None
     accepts: str = ""
+    config: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,13 +72,21 @@ class Component:
             "in": self.in_sig.to_dict() if self.in_sig else None,
             "out": self.out_sig.to_dict() if self.out_sig else None,
             "accepts": self.accepts,
+            "config": self.config,
         }
 
     def __str__(self) -> str:
         return (
             f"{self.path}: {self.type} ({self.params:,} params, {self.trainable:,} trainable) "
-            f"{self.in_sig or '?'} → {self.out_sig or '?'} — {self.role}"
+            f"{self.in_sig or '?'} → {self.out_sig or '?'}{f' [{self.config}]' if self.config else ''} — {self.role}"
         )
+
+    def flow_text(self) -> str:
+        """``in → out``, or the configuration for a slot without a signature (an anchor generator, a pooler)."""
+        if self.in_sig is None and self.out_sig is None and self.config:
+            return self.config
+        text = f"{self.in_sig or '-'} → {self.out_sig or '-'}"
+        return f"{text}; {self.config}" if self.config else text
 
 
 def components(model: nn.Module) -> list[Component]:
@@ -97,7 +108,8 @@ def components(model: nn.Module) -> list[Component]:
         module = paths.get(model, slot.path)
         total, trainable = count_params(module)
         in_sig, out_sig = anatomy.signatures(model, slot.path)
-        out.append(Component(slot.path, slot.role, type(module).__name__, total, trainable, in_sig, out_sig, slot.accepts))
+        out.append(Component(slot.path, slot.role, type(module).__name__, total, trainable, in_sig, out_sig, slot.accepts,
+                             anatomy.slot_config(module)))
     return out
 
 
@@ -139,7 +151,7 @@ class Overview:
     def components_table(self) -> str:
         header = ("path", "type", "params", "trainable", "in → out", "role")
         rows = [
-            (c.path, c.type, human(c.params), human(c.trainable), f"{c.in_sig or '-'} → {c.out_sig or '-'}", c.role)
+            (c.path, c.type, human(c.params), human(c.trainable), c.flow_text(), c.role)
             for c in self.components
         ]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]

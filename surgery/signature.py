@@ -39,6 +39,7 @@ __all__ = [
     "output_signature",
     "meta_probe",
     "meta_like",
+    "shapes_of",
     "rebuild_text",
 ]
 
@@ -359,6 +360,17 @@ def rebuild_text(layer: nn.Module, widths: tuple[int, int]) -> str:
 
 
 # --------------------------------------------------------------------------- meta probe
+
+
+def shapes_of(value: Any) -> Any:
+    """Shapes of every tensor in a nested structure of tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, dict):
+        return {k: shapes_of(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [shapes_of(v) for v in value] if isinstance(value, list) else tuple(shapes_of(v) for v in value)
+    return None
 
 
 def meta_like(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype = torch.float32) -> torch.Tensor:

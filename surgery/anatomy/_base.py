@@ -36,6 +36,8 @@ __all__ = [
     "ClassLayer",
     "AttrUpdate",
     "AdaptRule",
+    "BackbonePlan",
+    "Rebuild",
     "is_stock",
     "PROBE_BATCH",
     "RowLayer",
@@ -232,6 +234,38 @@ class AdaptRule:
     producer: str
     consumer: str
     pool: str | None = None
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """One slot that a backbone adapt puts a freshly built module into.
+
+    Attributes:
+        path: The slot rebuilt.
+        module: The new module; tensors whose name and shape match the old one's are copied into it.
+        old: Short description of what was there, e.g. ``"RPNHead(256, 3)"``.
+        new: Short description of the new module, e.g. ``"RPNHead(256, 15)"``.
+    """
+
+    path: str
+    module: nn.Module
+    old: str
+    new: str
+
+
+@dataclass
+class BackbonePlan:
+    """What must change after a new backbone went in, as the family works it out.
+
+    Attributes:
+        rebuilds: Slots to rebuild, in data-flow order.
+        attributes: ``(path, name, value)`` attributes to set, e.g. ``("backbone", "out_channels", 512)``.
+        notes: What was kept and why, in words.
+    """
+
+    rebuilds: list[Rebuild] = field(default_factory=list)
+    attributes: list[tuple[str, str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 #: Name of the contract every model gets: each layer's attributes against its own parameter shapes.
@@ -514,6 +548,29 @@ class Anatomy:
             f"adapt knows no rule of the {self.name} family for {path!r}: {path!r} of {type(model).__name__} has no such rule. "
             "Rebuild its consumers yourself inside `with surgery.edit(model) as e:` and the whole change is checked once at the end"
         )
+
+    def backbone_plan(self, model: nn.Module, path: str, feats: Features) -> BackbonePlan:
+        """What to rebuild so that the rest of ``model`` fits the backbone at ``path``, which
+        produces ``feats`` (names, channels and probe shapes).
+
+        Raises:
+            ValueError: The family has no backbone rule, or the backbone cannot fit it (the
+                message says what would).
+        """
+        raise ValueError(
+            f"adapt knows no backbone rule of the {self.name} family: {path!r} of {type(model).__name__} has no such rule. "
+            "Rebuild its consumers yourself inside `with surgery.edit(model) as e:` and the whole change is checked once at the end"
+        )
+
+    def backbone_probe_size(self, model: nn.Module) -> int:
+        """Side of the square image a new backbone is probed with (a multiple of 128 by default;
+        a family with a fixed input size returns that)."""
+        return 512
+
+    def slot_config(self, module: nn.Module) -> str | None:
+        """The configuration of a slot's module that its signature does not show (anchor sizes
+        and ratios per level, a pooler's maps and output size), or None when there is none."""
+        return None
 
     def consumers(self, model: nn.Module, path: str) -> list[str]:
         """The slots fed by ``path`` that a check after replacing ``path`` should cover."""

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from surgery import paths
+from surgery.anatomy._backbone import config_text
 from surgery.anatomy._base import PROBE_BATCH, Anatomy, SyntheticBatch
 from surgery.findings import Finding
 from surgery.signature import meta_like
@@ -329,6 +330,10 @@ class DetectionAnatomy(Anatomy):
 
     def carries_features(self, model: nn.Module, path: str) -> bool:
         return not _is_anchor_generator(_get(model, path))
+
+    def slot_config(self, module: nn.Module) -> str | None:
+        """Anchor sizes and ratios per level, or a pooler's maps, output size and sampling ratio."""
+        return config_text(module)
 
 
 def _get(model: nn.Module, path: str) -> nn.Module | None:

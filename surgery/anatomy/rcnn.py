@@ -16,9 +16,21 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 
 from surgery import paths
-from surgery.anatomy._backbone import backbone_features
-from surgery.anatomy._base import AdaptRule, AttrUpdate, ClassLayer, Context, Contract, Features, RowLayer, Slot
+from surgery.anatomy._backbone import anchor_generator_like, backbone_features, first_layer_like, kaiming_relu, pooler_like
+from surgery.anatomy._base import (
+    AdaptRule,
+    AttrUpdate,
+    BackbonePlan,
+    ClassLayer,
+    Context,
+    Contract,
+    Features,
+    Rebuild,
+    RowLayer,
+    Slot,
+)
 from surgery.anatomy._detection import DetectionAnatomy
+from surgery.anatomy._feed import pool_size
 from surgery.anatomy._layers import int_attr, linear_default, need_layer
 from surgery.anatomy._rcnn_contracts import BRANCHES, contracts
 from surgery.signature import Signature, SlotSignature, output_signature
@@ -220,18 +232,94 @@ class RCNNAnatomy(DetectionAnatomy):
         )
 
     def adapt_rule(self, model: nn.Module, path: str) -> AdaptRule:
+        if path == "backbone":
+            return AdaptRule("backbone", "backbone", "rpn.head")
         for kind, (pool, head, predictor) in BRANCHES.items():
             if path in (head, predictor):
                 return AdaptRule(kind, head, predictor, pool)
         known = ", ".join(head for _, head, _ in BRANCHES.values())
         raise ValueError(
-            f"adapt rebuilds the predictor behind an R-CNN head ({known}, or the predictors themselves); "
+            f"adapt rebuilds what follows the backbone ('backbone') and the predictor behind an R-CNN head "
+            f"({known}, or the predictors themselves); "
             f"{path!r} of {type(model).__name__} has no such rule. Rebuild its consumers yourself inside "
             "`with surgery.edit(model) as e:` and the whole change is checked once at the end"
         )
 
     def consumers(self, model: nn.Module, path: str) -> list[str]:
+        if path == "backbone":
+            fed = ["rpn.anchor_generator", "rpn.head"] + [p for branch in BRANCHES.values() for p in branch]
+            return [p for p in fed if paths.exists(model, p)]
         return [predictor for _, head, predictor in BRANCHES.values() if head == path]
+
+    def backbone_plan(self, model: nn.Module, path: str, feats: Features) -> BackbonePlan:
+        """After a new backbone: ``backbone.out_channels``, the anchor generator (one level per
+        map, sizes spread by :func:`~surgery.anatomy._backbone.spread_sizes`), the RPN head
+        (channels, anchors per location), each RoI pooler's ``featmap_names`` (every map but
+        ``pool``) and the first layer of each head behind a pooler."""
+        plan = BackbonePlan()
+        width = feats.common_channels()
+        if width is None:
+            raise ValueError(
+                f"the new backbone's feature maps have different channel counts {feats.channels}, but the R-CNN RPN head "
+                "and RoI heads share their layers across maps and need one width; put a feature pyramid on it "
+                "(surgery.detection_backbone(..., fpn=True)) or a 1×1 conv per map"
+            )
+        backbone = paths.get(model, path)
+        if getattr(backbone, "out_channels", None) != width:
+            plan.attributes.append((path, "out_channels", width))
+        anchors = None
+        gen_path = "rpn.anchor_generator"
+        if paths.exists(model, gen_path):
+            gen = paths.get(model, gen_path)
+            built = anchor_generator_like(gen, len(feats.names))
+            if built is not None:
+                plan.rebuilds.append(Rebuild(gen_path, *built))
+                gen = built[0]
+            per_location = getattr(gen, "num_anchors_per_location", None)
+            counts = sorted({int(a) for a in per_location()}) if callable(per_location) else []
+            anchors = counts[0] if len(counts) == 1 else None
+        head_path = "rpn.head"
+        if paths.exists(model, head_path):
+            head = paths.get(model, head_path)
+            if isinstance(head, RPNHead):
+                old_width, old_anchors = int(head.cls_logits.in_channels), int(head.cls_logits.out_channels)
+                new_anchors = anchors if anchors is not None else old_anchors
+                if (old_width, old_anchors) != (width, new_anchors):
+                    depth = len(head.conv)
+                    extra = f", conv_depth={depth}" if depth != 1 else ""
+                    plan.rebuilds.append(Rebuild(head_path, RPNHead(width, new_anchors, conv_depth=depth),
+                                                 f"RPNHead({old_width}, {old_anchors}{extra})", f"RPNHead({width}, {new_anchors}{extra})"))
+            else:
+                plan.notes.append(f"{head_path} is a {type(head).__name__}, which adapt cannot rebuild; it must take {width} "
+                                  f"channels and predict {anchors if anchors is not None else 'its'} anchors per location")
+        names = [n for n in feats.names if n != "pool"] or list(feats.names)
+        for pool_path, branch_head, _ in BRANCHES.values():
+            if not paths.exists(model, pool_path):
+                continue
+            pool = paths.get(model, pool_path)
+            built_pool = pooler_like(pool, names)
+            if built_pool is not None:
+                plan.rebuilds.append(Rebuild(pool_path, *built_pool))
+            if not paths.exists(model, branch_head):
+                continue
+            head = paths.get(model, branch_head)
+            built_head = first_layer_like(head, width, pool_size(getattr(pool, "output_size", None)), kaiming_relu)
+            if built_head is not None:
+                plan.rebuilds.append(Rebuild(branch_head, *built_head))
+            elif self._head_width(head, pool) not in (None, width):
+                plan.notes.append(f"{branch_head} is a {type(head).__name__} whose first layer adapt cannot rebuild; "
+                                  f"rebuild it to take {width}-channel RoI features")
+        return plan
+
+    @staticmethod
+    def _head_width(head: nn.Module, pool: nn.Module) -> int | None:
+        layer = next((m for m in head.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        if isinstance(layer, nn.Conv2d):
+            return int(layer.in_channels)
+        size = pool_size(getattr(pool, "output_size", None))
+        if isinstance(layer, nn.Linear) and size is not None:
+            return int(layer.in_features) // (size[0] * size[1])
+        return None
 
     def rebuild_consumer(self, module: nn.Module, width: int) -> tuple[nn.Module, str, str] | None:
         """torchvision's predictor like ``module`` taking ``width``, every other hyperparameter kept."""

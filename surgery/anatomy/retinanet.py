@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSClassificationHead
-from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead, RetinaNetHead
 
-from surgery.anatomy._backbone import anchor_maps_findings, backbone_contracts_findings, backbone_features
-from surgery.anatomy._base import AttrUpdate, ClassLayer, Context, Contract, Features, Slot, is_stock
+from surgery import paths
+from surgery.anatomy._backbone import (
+    anchor_generator_like,
+    anchor_maps_findings,
+    backbone_contracts_findings,
+    backbone_features,
+)
+from surgery.anatomy._base import (
+    AdaptRule,
+    AttrUpdate,
+    BackbonePlan,
+    ClassLayer,
+    Context,
+    Contract,
+    Features,
+    Rebuild,
+    Slot,
+    is_stock,
+)
 from surgery.anatomy._detection import DetectionAnatomy
 from surgery.anatomy._feed import Flow, feed, finding
 from surgery.anatomy._layers import int_attr, need_layer, prior_init
@@ -63,6 +82,70 @@ class DenseAnatomy(DetectionAnatomy):
                         f"normal_(std=0.01) weights, bias -log((1 - {_PRIOR}) / {_PRIOR})")],
             [AttrUpdate(CLS, "num_classes")],
         )
+
+    # ----------------------------------------------------------------------- backbone adapt
+
+    def adapt_rule(self, model: nn.Module, path: str) -> AdaptRule:
+        if path == "backbone":
+            return AdaptRule("backbone", "backbone", "head")
+        return super().adapt_rule(model, path)
+
+    def consumers(self, model: nn.Module, path: str) -> list[str]:
+        if path == "backbone":
+            return [p for p in ("anchor_generator", CLS, REG) if paths.exists(model, p)]
+        return []
+
+    def anchor_rebuild(self, gen: nn.Module, feats: Features) -> tuple[nn.Module, str, str] | None:
+        """A new anchor generator for ``feats`` (None: keep ``gen``): the sizes spread over the maps."""
+        return anchor_generator_like(gen, len(feats.names))
+
+    def build_head(self, head: nn.Module, width: int, anchors: int, classes: int) -> tuple[nn.Module, str] | None:
+        """A head like ``head`` for ``width`` channels and ``anchors`` per location, with its
+        description; None when ``head`` is not the family's stock head."""
+        if type(head) is not RetinaNetHead:
+            return None
+        norm = any(isinstance(m, nn.GroupNorm) for m in head.modules())
+        new = RetinaNetHead(width, anchors, classes, norm_layer=partial(nn.GroupNorm, 32) if norm else None)
+        new.regression_head._loss_type = head.regression_head._loss_type  # type: ignore[union-attr]
+        return new, f"RetinaNetHead({width}, {anchors}, {classes}{', norm_layer=GroupNorm(32)' if norm else ''})"
+
+    def backbone_plan(self, model: nn.Module, path: str, feats: Features) -> BackbonePlan:
+        """After a new backbone: ``backbone.out_channels``, the anchor generator (one level per
+        map) and, when the channels or anchors per location changed, the whole head (its towers
+        take the map width; the weights whose shapes still fit are kept)."""
+        plan = BackbonePlan()
+        width = feats.common_channels()
+        if width is None:
+            raise ValueError(
+                f"the new backbone's feature maps have different channel counts {feats.channels}, but the {self.name} "
+                "head shares its convs across maps and needs one width; put a feature pyramid on it "
+                "(surgery.detection_backbone(..., fpn=True))"
+            )
+        if getattr(paths.get(model, path), "out_channels", None) != width:
+            plan.attributes.append((path, "out_channels", width))
+        gen = paths.get(model, "anchor_generator")
+        built = self.anchor_rebuild(gen, feats)
+        if built is not None:
+            plan.rebuilds.append(Rebuild("anchor_generator", *built))
+            gen = built[0]
+        counts = sorted({int(a) for a in gen.num_anchors_per_location()}) if isinstance(gen, AnchorGenerator) else []
+        head = paths.get(model, "head")
+        cls_head = paths.get(model, CLS)
+        old_anchors, classes = getattr(cls_head, "num_anchors", None), getattr(cls_head, "num_classes", None)
+        anchors = counts[0] if len(counts) == 1 else old_anchors
+        first = next((m for m in cls_head.modules() if isinstance(m, nn.Conv2d)), None)
+        old_width = int(first.in_channels) if first is not None else None
+        if (old_width, old_anchors) == (width, anchors):
+            return plan
+        made = self.build_head(head, width, anchors, classes) if isinstance(anchors, int) and isinstance(classes, int) else None
+        if made is None:
+            plan.notes.append(f"head is a {type(head).__name__}, which adapt cannot rebuild; it must take {width} channels "
+                              f"and predict {anchors} anchors per location")
+            return plan
+        new, text = made
+        old_text = f"{type(head).__name__}({old_width}, {old_anchors}, {classes})"
+        plan.rebuilds.append(Rebuild("head", new, old_text, text))
+        return plan
 
     def declared_slots(self, model: nn.Module) -> list[Slot]:
         return [

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from torch import nn
-from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssd import SSD, SSDHead
 from torchvision.models.detection.ssdlite import SSDLiteClassificationHead
 
 from surgery import paths
 from surgery.anatomy._backbone import backbone_features
-from surgery.anatomy._base import AttrUpdate, ClassLayer, Context, Contract, Features, Slot
+from surgery.anatomy._base import AdaptRule, AttrUpdate, BackbonePlan, ClassLayer, Context, Contract, Features, Rebuild, Slot
 from surgery.anatomy._detection import DetectionAnatomy
 from surgery.anatomy._feed import Flow, feed, finding
 from surgery.anatomy._layers import int_attr, need_layer, normal_init, xavier_init
@@ -69,6 +69,51 @@ class SSDAnatomy(DetectionAnatomy):
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return isinstance(model, SSD)
+
+    # ----------------------------------------------------------------------- backbone adapt
+
+    def adapt_rule(self, model: nn.Module, path: str) -> AdaptRule:
+        if path == "backbone":
+            return AdaptRule("backbone", "backbone", "head")
+        return super().adapt_rule(model, path)
+
+    def consumers(self, model: nn.Module, path: str) -> list[str]:
+        return [p for p in ("anchor_generator", CLS, REG) if paths.exists(model, p)] if path == "backbone" else []
+
+    def backbone_probe_size(self, model: nn.Module) -> int:
+        """SSD's transform resizes to one fixed size (300 or 320): the backbone is probed at it."""
+        transform = model._modules.get("transform")
+        fixed = getattr(transform, "fixed_size", None)
+        return int(fixed[0]) if isinstance(fixed, (tuple, list)) and fixed else 300
+
+    def backbone_plan(self, model: nn.Module, path: str, feats: Features) -> BackbonePlan:
+        """After a new backbone with as many maps as before: an ``SSDHead`` rebuilt for the new
+        channels per map (default boxes and classes kept, the per-map convs whose shapes still fit
+        kept). Anything else (another map count, SSDlite's head) is refused with what to do."""
+        gen = paths.get(model, "anchor_generator")
+        per_location = getattr(gen, "num_anchors_per_location", None)
+        anchors = [int(a) for a in per_location()] if callable(per_location) else []
+        channels = [feats.channels[n] for n in feats.names]
+        head = paths.get(model, "head")
+        classes = self.num_classes(model)
+        todo = (f"build the head and default boxes for these maps yourself inside `with surgery.edit(model) as e:`, e.g. "
+                f"e.replace('anchor_generator', DefaultBoxGenerator([[2, 3]] * {len(channels)})) and "
+                f"e.replace('head', SSDHead({channels}, [6] * {len(channels)}, {classes or 'num_classes'}))")
+        if len(anchors) != len(channels):
+            raise ValueError(f"the new backbone produces {len(channels)} feature maps but anchor_generator makes default boxes for "
+                             f"{len(anchors)}; adapt keeps SSD's default boxes, so it needs the same map count. To change it, {todo}")
+        plan = BackbonePlan()
+        cls_list = getattr(paths.get(model, CLS), "module_list", None)
+        convs = [m for m in cls_list if isinstance(m, nn.Conv2d)] if isinstance(cls_list, nn.ModuleList) else []
+        current = [int(m.in_channels) for m in convs] if isinstance(cls_list, nn.ModuleList) and len(convs) == len(cls_list) else None
+        if current == channels:
+            return plan
+        if type(head) is not SSDHead or classes is None:
+            raise ValueError(f"the new backbone's maps have {channels} channels; adapt rebuilds SSD300's SSDHead, but head is a "
+                             f"{type(head).__name__}. To change it, {todo}")
+        plan.rebuilds.append(Rebuild("head", SSDHead(channels, anchors, classes), f"SSDHead({current}, {anchors}, {classes})",
+                                     f"SSDHead({channels}, {anchors}, {classes})"))
+        return plan
 
     def declared_slots(self, model: nn.Module) -> list[Slot]:
         return [

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from surgery.anatomy import Anatomy, anatomy_for
 from surgery.overview import Component, components, count_params
 
 __all__ = ["Change", "Status", "brief", "merge_order", "module_changes", "slot_changes"]
@@ -164,16 +165,18 @@ def merge_order(after: Sequence[str], before: Sequence[str]) -> list[str]:
 
 
 def _component_text(c: Component) -> str:
+    config = f" [{c.config}]" if c.config else ""
     if c.in_sig is None and c.out_sig is None:
-        return c.type
-    return f"{c.type} (in {c.in_sig or '?'}, out {c.out_sig or '?'})"
+        return c.type + config
+    return f"{c.type} (in {c.in_sig or '?'}, out {c.out_sig or '?'}){config}"
 
 
 def slot_changes(before: nn.Module, after: nn.Module) -> list[Change]:
     """Compare two models slot by slot (their anatomy's components).
 
-    A slot is changed when its type, its input/output signature, its parameter count or its
-    trainable parameter count differ.
+    A slot is changed when its type, its input/output signature, its configuration (anchor
+    sizes and ratios, a pooler's maps, output size and sampling ratio), its parameter count or
+    its trainable parameter count differ.
 
     Args:
         before: The model before the edit.
@@ -199,6 +202,8 @@ def slot_changes(before: nn.Module, after: nn.Module) -> list[Change]:
             what.append("type")
         if str(a.in_sig) != str(b.in_sig) or str(a.out_sig) != str(b.out_sig):
             what.append("signature")
+        if a.config != b.config:
+            what.append("config")
         if a.params != b.params:
             what.append("params")
         if a.params - a.trainable != b.params - b.trainable:
@@ -208,18 +213,18 @@ def slot_changes(before: nn.Module, after: nn.Module) -> list[Change]:
     return out
 
 
-def _own_key(module: nn.Module) -> tuple[Any, ...]:
+def _own_key(module: nn.Module, anatomy: Anatomy) -> tuple[Any, ...]:
     return (
         type(module).__qualname__,
-        module.extra_repr(),
+        (module.extra_repr(), anatomy.slot_config(module)),
         tuple((n, tuple(p.shape)) for n, p in module._parameters.items() if p is not None),
         tuple((n, tuple(b.shape)) for n, b in module._buffers.items() if b is not None),
         tuple(p.requires_grad for p in module._parameters.values() if p is not None),
     )
 
 
-def _module_what(a: nn.Module, b: nn.Module) -> tuple[str, ...]:
-    ka, kb = _own_key(a), _own_key(b)
+def _module_what(a: nn.Module, b: nn.Module, anatomy: Anatomy) -> tuple[str, ...]:
+    ka, kb = _own_key(a, anatomy), _own_key(b, anatomy)
     what = []
     if ka[0] != kb[0]:
         what.append("type")
@@ -232,10 +237,11 @@ def _module_what(a: nn.Module, b: nn.Module) -> tuple[str, ...]:
     return tuple(what)
 
 
-def module_changes(before: nn.Module, after: nn.Module, *, unchanged: bool = False) -> list[Change]:
+def module_changes(before: nn.Module, after: nn.Module, *, unchanged: bool = False, anatomy: Anatomy | None = None) -> list[Change]:
     """Compare two models module by module (dotted paths of ``named_modules``).
 
-    A module is changed when its own type, hyperparameters (``extra_repr``), own parameter or
+    A module is changed when its own type, hyperparameters (``extra_repr`` and the
+    configuration the anatomy reads, e.g. anchor sizes), own parameter or
     buffer shapes, or own ``requires_grad`` flags differ; a container whose children changed
     is not itself changed. The descendants of an added or removed module are not listed
     separately (:attr:`Change.modules` counts them).
@@ -244,11 +250,13 @@ def module_changes(before: nn.Module, after: nn.Module, *, unchanged: bool = Fal
         before: The model before the edit.
         after: The model after the edit.
         unchanged: Also list unchanged modules.
+        anatomy: The anatomy of ``after`` (resolved here when None).
 
     Returns:
         The changes, in registration order (removed modules where they used to be). The
         root module itself is never listed.
     """
+    anatomy = anatomy if anatomy is not None else anatomy_for(after)
     old = dict(before.named_modules())
     new = dict(after.named_modules())
     out: list[Change] = []
@@ -268,7 +276,11 @@ def module_changes(before: nn.Module, after: nn.Module, *, unchanged: bool = Fal
             else:
                 out.append(Change(path, "removed", brief(module), None, params, None, (), size))
             continue
-        what = _module_what(a, b)
+        what = _module_what(a, b, anatomy)
         if what or unchanged:
-            out.append(Change(path, "changed" if what else "unchanged", brief(a), brief(b), count_params(a)[0], count_params(b)[0], what))
+            text_a, text_b = brief(a), brief(b)
+            config_a, config_b = anatomy.slot_config(a), anatomy.slot_config(b)
+            if config_a != config_b:
+                text_a, text_b = f"{text_a} [{config_a or '-'}]", f"{text_b} [{config_b or '-'}]"
+            out.append(Change(path, "changed" if what else "unchanged", text_a, text_b, count_params(a)[0], count_params(b)[0], what))
     return out

@@ -19,7 +19,7 @@ from torch import nn
 from surgery import paths
 from surgery._errors import PathError
 from surgery.anatomy import Anatomy
-from surgery.anatomy._backbone import backbone_features
+from surgery.anatomy._backbone import backbone_features, map_strides, probe_maps
 from surgery.anatomy._base import PROBE_BATCH, AdaptRule, Context, Features, is_stock
 from surgery.anatomy._feed import pool_size
 from surgery.findings import Report
@@ -191,14 +191,23 @@ def _apply_rule(model: nn.Module, anatomy: Anatomy, rule: AdaptRule) -> Adaptati
         result.notes.append(anatomy.rebuild_note(rule.consumer, predictor, width))
         return result
     new, old_text, new_text = built
-    place = _place(predictor)
+    _install(model, rule.consumer, predictor, new, result)
+    result.rebuilt[rule.consumer] = f"{old_text} → {new_text}"
+    return result
+
+
+def _install(model: nn.Module, path: str, old_module: nn.Module, new: nn.Module, result: Adaptation) -> None:
+    """Put ``new`` at ``path`` in place of ``old_module``: same device, dtype and train mode;
+    tensors whose name and shape fit copied (and listed in ``result.copied``), the others kept
+    as built (``result.initialised``); ``requires_grad`` kept per parameter name."""
+    place = _place(old_module)
     if place is not None:
         new.to(device=place[0], dtype=place[1])
-    new.train(predictor.training)
-    old_tensors: dict[str, torch.Tensor] = dict(itertools.chain(predictor.named_parameters(), predictor.named_buffers()))
+    new.train(old_module.training)
+    old_tensors: dict[str, torch.Tensor] = dict(itertools.chain(old_module.named_parameters(), old_module.named_buffers()))
     with torch.no_grad():
         for name, tensor in itertools.chain(new.named_parameters(), new.named_buffers()):
-            full = f"{rule.consumer}.{name}"
+            full = f"{path}.{name}"
             old = old_tensors.get(name)
             if old is not None and old.shape == tensor.shape:
                 tensor.copy_(old)
@@ -207,7 +216,28 @@ def _apply_rule(model: nn.Module, anatomy: Anatomy, rule: AdaptRule) -> Adaptati
                 result.initialised.append(full)
             if isinstance(tensor, nn.Parameter) and isinstance(old, nn.Parameter):
                 tensor.requires_grad_(old.requires_grad)
-    paths.set(model, rule.consumer, new)
-    result.rebuilt[rule.consumer] = f"{old_text} → {new_text}"
-    return result
+    paths.set(model, path, new)
 
+
+def _apply_backbone(model: nn.Module, anatomy: Anatomy, rule: AdaptRule) -> Adaptation:
+    """Rebuild what follows the backbone at ``rule.producer`` so that it fits the maps the backbone
+    produces (read with a meta probe); the family decides what (:meth:`Anatomy.backbone_plan`)."""
+    result = Adaptation()
+    backbone = paths.get(model, rule.producer)
+    feats = probe_maps(backbone, f"the backbone at {rule.producer!r}", anatomy.backbone_probe_size(model))
+    strides = map_strides(feats, anatomy.backbone_probe_size(model))
+    maps = ", ".join(f"{n} ({feats.channels[n]} ch, stride {strides.get(n, '?')})" for n in feats.names)
+    result.notes.append(f"{rule.producer} produces {len(feats.names)} feature map(s): {maps}")
+    plan = anatomy.backbone_plan(model, rule.producer, feats)
+    for path, name, value in plan.attributes:
+        module = paths.get(model, path)
+        before = getattr(module, name, None)
+        setattr(module, name, value)
+        result.rebuilt[paths.join(path, name)] = f"{before if before is not None else 'unset'} → {value}"
+    for rebuild in plan.rebuilds:
+        _install(model, rebuild.path, paths.get(model, rebuild.path), rebuild.module, result)
+        result.rebuilt[rebuild.path] = f"{rebuild.old} → {rebuild.new}"
+    result.notes.extend(plan.notes)
+    if not plan.attributes and not plan.rebuilds:
+        result.notes.append(f"everything after {rule.producer} already fits its feature maps; nothing rebuilt")
+    return result

@@ -21,8 +21,9 @@ from surgery._errors import IncompatibleError
 from surgery._state import Snapshot
 from surgery._util import require_module
 from surgery.anatomy import anatomy_for
+from surgery.anatomy._base import AdaptRule
 from surgery.check import check as _run_check
-from surgery.edit.adapting import Adaptation, EditResult, _apply_rule, _move, _slot_content, _slot_place
+from surgery.edit.adapting import Adaptation, EditResult, _apply_backbone, _apply_rule, _move, _slot_content, _slot_place
 from surgery.edit.freezing import freeze, freeze_backbone_layers, unfreeze
 from surgery.edit.num_classes import ClassChange, KeepSpec, KeypointChange, resize_classes, resize_keypoints
 from surgery.findings import Finding, Report
@@ -167,9 +168,8 @@ class Transaction:
         paths.set(self.model, path, new)
         self._touch(path, *self.anatomy.consumers(self.model, path))
         if rule is not None:
-            adaptation = _apply_rule(self.model, self.anatomy, rule)
+            adaptation = self._apply(rule)
             self._merge(result, adaptation)
-            self._touch(rule.producer, *adaptation.rebuilt)
         self._note(result.notes)
         return result
 
@@ -199,9 +199,20 @@ class Transaction:
         self._require_open("adapt")
         rule = self.anatomy.adapt_rule(self.model, path)
         paths.get(self.model, path)  # PathError for an empty or missing slot
-        result = _apply_rule(self.model, self.anatomy, rule)
-        self._touch(rule.producer, rule.consumer)
+        result = self._apply(rule)
+        self._touch(rule.consumer)
         self._note(result.notes)
+        return result
+
+    def _apply(self, rule: AdaptRule) -> Adaptation:
+        """Follow one adapt rule: a backbone rule rebuilds everything after the backbone, any other
+        the one consumer; the producer, its consumers and every rebuilt slot join the check."""
+        if rule.kind == "backbone":
+            result = _apply_backbone(self.model, self.anatomy, rule)
+        else:
+            result = _apply_rule(self.model, self.anatomy, rule)
+        rebuilt = [p for p in result.rebuilt if paths.exists(self.model, p)]
+        self._touch(rule.producer, *self.anatomy.consumers(self.model, rule.producer), *rebuilt)
         return result
 
     def set_num_classes(self, num_classes: int, *, keep: KeepSpec | None = None) -> ClassChange:

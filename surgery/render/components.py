@@ -112,9 +112,16 @@ def _slot_node(path: str, comp: Component, *, status: Status | None, old: Compon
             label.append(f"in {old.in_sig or '?'} → {comp.in_sig or '?'}")
         if str(old.out_sig) != str(comp.out_sig):
             label.append(f"out {old.out_sig or '?'} → {comp.out_sig or '?'}")
+        if old.config != comp.config:
+            label.append(f"{old.config or '-'} →")
+            label.append(comp.config or "-")
+        elif comp.config:
+            label.append(comp.config)
     else:
         label.append(comp.type)
         label.append(trainable_text(comp.params, comp.trainable))
+        if comp.config:
+            label.append(comp.config)
     sig = f"in {comp.in_sig or '?'}, out {comp.out_sig or '?'}"
     return Node(
         id=path,
