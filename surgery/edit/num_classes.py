@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery import paths
+from surgery import _html, paths
 from surgery._util import check_int
 from surgery.anatomy import Anatomy
 from surgery.findings import Report
@@ -113,6 +113,14 @@ class ClassChange:
             "notes": list(self.notes),
             "report": self.report.to_dict() if self.report is not None else None,
         }
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.class_change(self))
+
+    def __repr__(self) -> str:
+        check = "" if self.report is None else f", check {'ok' if self.report.ok else f'{len(self.report.errors)} error(s)'}"
+        return _html.short_repr("ClassChange", f"{self.old_num_classes} → {self.num_classes} classes, {len(self.kept)} kept, "
+                                               f"{len(self.rebuilt)} layer(s) rebuilt{check}")
 
     def __str__(self) -> str:
         kept = ", ".join(f"{n}←{o}" for n, o in self.kept.items()) or "none"
