@@ -35,6 +35,7 @@ from surgery.loading import DEFAULT_SPEC, WeightsReport, load_model, load_weight
 from surgery.overview import Component, Overview, components, inspect
 from surgery.recipe import Recipe, RecipeError, RecipeResult, rebuild
 from surgery.render import Graph, render
+from surgery.review import ReviewResult, review
 from surgery.signature import MultiSignature, Signature
 from surgery.smoke import SmokeResult, smoke_test
 from surgery.synthetic import SyntheticBatch, synthetic_batch
@@ -63,6 +64,7 @@ __all__ = [
     "RecipeResult",
     "RenderError",
     "Report",
+    "ReviewResult",
     "MultiSignature",
     "Signature",
     "SmokeResult",
@@ -91,6 +93,7 @@ __all__ = [
     "rebuild",
     "render",
     "replace",
+    "review",
     "set_num_classes",
     "smoke_test",
     "synthetic_batch",

@@ -42,6 +42,7 @@ CSS = """
 .sg td.sg-num,.sg th.sg-num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .sg code,.sg pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
 .sg code{background:#f2f4f7;border-radius:4px;padding:1px 4px}
+.sg .sg-findings td:nth-child(2) code{white-space:nowrap}
 .sg pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px;overflow:auto;margin:6px 0}
 .sg .sg-badge{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;font-weight:600;
   line-height:20px;white-space:nowrap;color:#fff}
@@ -109,7 +110,7 @@ def details(summary: object, body: object, *, open_: bool = False) -> Raw:
     return Raw(f"<details{' open' if open_ else ''}><summary>{esc(summary)}</summary>{esc(body)}</details>")
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: Iterable[int] = (), id_: str = "") -> Raw:
+def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: Iterable[int] = (), id_: str = "", cls: str = "") -> Raw:
     """A table; cells are escaped unless :class:`Raw`, columns in ``numeric`` align right."""
     right = set(numeric)
 
@@ -118,8 +119,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: I
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
-    ident = f' id="{esc(id_)}"' if id_ else ""
-    return Raw(f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return tag("table", Raw(f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"), cls, id=id_)
 
 
 def fragment(*parts: object) -> Raw:
@@ -162,7 +162,7 @@ def findings_table(findings: Sequence[Finding], *, id_: str = "findings") -> Raw
          f.message, code(f.fix) if f.fix else muted("-"))
         for f in findings
     ]
-    return table(("severity", "code", "modules", "message", "fix"), rows, id_=id_)
+    return table(("severity", "code", "modules", "message", "fix"), rows, id_=id_, cls="sg-findings")
 
 
 def _arrowed(paths: Sequence[str]) -> list[object]:
