@@ -175,7 +175,7 @@ def _diagram(graph: Graph) -> _html.Raw:
 
 
 def _recipe(recipe: Recipe) -> _html.Raw:
-    steps = _html.tag("ol", _html.Raw("".join(_html.tag("li", _html.code(str(s))) for s in recipe.steps)))
+    steps = _html.tag("ol", _html.Raw("".join(_html.tag("li", _html.code(s.describe())) for s in recipe.steps)))
     return _html.join(
         _html.tag("h2", "Recipe"),
         _html.tag("p", _html.join(_html.code(recipe.source), *([" — ", recipe.description] if recipe.description else []))),
