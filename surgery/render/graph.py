@@ -221,10 +221,11 @@ class Graph:
         return text[text.find("<svg"):]
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        """What Jupyter shows: the SVG when Graphviz's ``dot`` is installed, else the DOT text."""
-        if dot_binary() is None:
+        """What Jupyter shows: the SVG when Graphviz's ``dot`` is installed (and works), else the DOT text."""
+        try:
+            return {"image/svg+xml": self.svg(), "text/plain": repr(self)}
+        except RenderError:
             return {"text/plain": self.source}
-        return {"image/svg+xml": self.svg(), "text/plain": repr(self)}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the diagram; the format follows the extension (.svg, .png, .pdf or .dot).
