@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup graphviz demo test test-fast lint bench clean
+.PHONY: setup graphviz chromium demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,18 @@ graphviz:
 	  fi; \
 	fi
 
-setup: $(STAMP) graphviz
+# Headless Chromium opens the review page in the tests (tests/test_review.py).
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (headless browser for the review page tests)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing; install it with: sudo apt-get install -y chromium (the review page tests skip without it, and fail under CI=true)"; \
+	  fi; \
+	fi
+
+setup: $(STAMP) graphviz chromium
 
 demo: setup
 	$(VENV)/bin/surgery inspect

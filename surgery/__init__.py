@@ -38,6 +38,7 @@ from surgery.loading import DEFAULT_SPEC, WeightsReport, load_model, load_weight
 from surgery.overview import Component, Overview, components, inspect
 from surgery.recipe import Recipe, RecipeError, RecipeResult, rebuild
 from surgery.render import Graph, render
+from surgery.review import ReviewResult, review
 from surgery.signature import MultiSignature, Signature
 from surgery.smoke import SmokeResult, smoke_test
 from surgery.synthetic import SyntheticBatch, synthetic_batch
@@ -68,6 +69,7 @@ __all__ = [
     "RecipeResult",
     "RenderError",
     "Report",
+    "ReviewResult",
     "MultiSignature",
     "Signature",
     "SmokeResult",
@@ -97,6 +99,7 @@ __all__ = [
     "rebuild",
     "render",
     "replace",
+    "review",
     "set_num_classes",
     "set_num_keypoints",
     "smoke_test",

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from surgery import _html
 from surgery._errors import IncompatibleError
 
 __all__ = ["CODES", "Coverage", "Finding", "Report", "Severity"]
@@ -191,7 +192,14 @@ class Report:
         }
 
     def format(self, style: str = "text") -> str:
-        """Render the report as ``"text"`` (grouped by severity) or ``"github"`` workflow commands."""
+        """Render the report as ``"text"`` (grouped by severity), ``"github"`` workflow commands or
+        ``"markdown"`` (a compact table of the findings and the coverage line, e.g. for a job summary).
+
+        Raises:
+            ValueError: ``style`` is none of those.
+        """
+        if style == "markdown":
+            return self._markdown()
         if style == "github":
             out = []
             for f in self.findings:
@@ -200,8 +208,29 @@ class Report:
                 out.append(f"::{level} title={f.code}::{_gh_escape(msg)}")
             return "\n".join(out)
         if style != "text":
-            raise ValueError(f"style must be 'text' or 'github', got {style!r}")
+            raise ValueError(f"style must be 'text', 'github' or 'markdown', got {style!r}")
         return str(self)
+
+    def _markdown(self) -> str:
+        verdict = "ok" if self.ok else f"{len(self.errors)} error(s)"
+        lines = [f"**surgery check: {_md_cell(self.model or 'model')}**: {verdict}, {len(self.warnings)} warning(s), "
+                 f"{len(self.checked)} checks ran", ""]
+        if self.findings:
+            lines += ["| severity | code | modules | message | fix |", "| --- | --- | --- | --- | --- |"]
+            for f in self.findings:
+                where = " → ".join(_md_code(p) for p in f.paths) or "model"
+                lines.append(f"| {f.severity} | {_md_code(f.code)} | {where} | {_md_cell(f.message)} | {_md_code(f.fix) if f.fix else '-'} |")
+            lines.append("")
+        if self.coverage is not None:
+            lines.append(_md_cell(str(self.coverage)))
+        return "\n".join(lines).rstrip() + "\n"
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.report(self))
+
+    def __repr__(self) -> str:
+        verdict = "ok" if self.ok else f"{len(self.errors)} error(s)"
+        return _html.short_repr("Report", f"{self.model or 'model'}: {verdict}, {len(self.warnings)} warning(s), {len(self.checked)} checks")
 
     def __str__(self) -> str:
         head = f"surgery check: {self.model or 'model'}: "
@@ -221,6 +250,17 @@ class Report:
             lines.append("")
             lines.extend(coverage)
         return "\n".join(lines)
+
+
+def _md_cell(text: str) -> str:
+    """Text safe inside a markdown table cell: pipes escaped, line breaks as ``<br>``, tags escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|").replace("\n", "<br>")
+
+
+def _md_code(text: str) -> str:
+    """``text`` as inline code inside a table cell (GitHub reads ``\\|`` as a pipe in code spans too)."""
+    body = text.replace("|", "\\|").replace("\n", " ")
+    return f"`` {body} ``" if "`" in body else f"`{body}`"
 
 
 def _gh_escape(text: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery import paths
+from surgery import _html, paths
 from surgery._util import require_module
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.signature import SlotSignature
@@ -161,6 +161,12 @@ class Overview:
             lines.append("  ".join(cells) + "  " + r[-1])
         lines.insert(1, "-" * max(len(line) for line in lines))
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.overview(self))
+
+    def __repr__(self) -> str:
+        return _html.short_repr("Overview", f"{self.model} ({self.family}): {self.params:,} parameters, {len(self.components)} components")
 
     def __str__(self) -> str:
         parts = [

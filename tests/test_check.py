@@ -853,7 +853,7 @@ def test_report_format_github_and_text(mixed_report: surgery.Report) -> None:
     assert text == str(mixed_report)
     assert text.startswith("surgery check: MaskRCNN: 2 error(s), 1 warning(s)\n\nERRORS\n  error [channel-mismatch] backbone -> rpn.head: ")
     assert "\n      fix: model.rpn.head = RPNHead(256, 3)\n" in text
-    with pytest.raises(ValueError, match="style must be 'text' or 'github', got 'xml'"):
+    with pytest.raises(ValueError, match="style must be 'text', 'github' or 'markdown', got 'xml'"):
         mixed_report.format("xml")
 
 

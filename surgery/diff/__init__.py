@@ -34,6 +34,7 @@ from typing import Any
 
 from torch import nn
 
+from surgery import _html
 from surgery._util import check_int, require_module
 from surgery.diff.cost import Measure, Progress, ProgressBar, measure_costs
 from surgery.diff.structure import Change, module_changes, slot_changes
@@ -98,6 +99,13 @@ class Diff:
             "problems": list(self.problems),
             "notes": list(self.notes),
         }
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.diff(self))
+
+    def __repr__(self) -> str:
+        return _html.short_repr("Diff", f"{self.before} → {self.after}: {len(self.changed_slots)} slot(s) and {len(self.modules)} module(s) "
+                                        f"changed, params {self.params.format(self.params.before)} → {self.params.format(self.params.after)}")
 
     def __str__(self) -> str:
         lines = [f"surgery diff: {self.before} → {self.after}"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery import paths
+from surgery import _html, paths
 from surgery._errors import PathError
 from surgery.anatomy import Anatomy
 from surgery.anatomy._backbone import backbone_features, map_strides, probe_maps
@@ -69,6 +69,17 @@ class Adaptation:
             lines.append(f"  check: {'ok' if self.report.ok else f'{len(self.report.errors)} error(s)'}")
         return lines
 
+    def _summary(self) -> str:
+        rebuilt = ", ".join(self.rebuilt) or "nothing"
+        check = "" if self.report is None else f"; check {'ok' if self.report.ok else f'{len(self.report.errors)} error(s)'}"
+        return f"rebuilt {rebuilt}; {len(self.copied)} copied, {len(self.initialised)} initialised{check}"
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.adaptation(self, "adapt"))
+
+    def __repr__(self) -> str:
+        return _html.short_repr("Adaptation", self._summary())
+
     def __str__(self) -> str:
         return "\n".join(["adapt:", *self._lines()])
 
@@ -91,9 +102,18 @@ class EditResult(Adaptation):
         return {"path": self.path, "old": type(self.old).__name__ if self.old is not None else None,
                 "new": type(self.new).__name__, **super().to_dict()}
 
-    def __str__(self) -> str:
+    def _head(self) -> str:
         old = type(self.old).__name__ if self.old is not None else "empty slot"
-        return "\n".join([f"replace {self.path}: {old} → {type(self.new).__name__}", *self._lines()])
+        return f"replace {self.path}: {old} → {type(self.new).__name__}"
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.adaptation(self, self._head()))
+
+    def __repr__(self) -> str:
+        return _html.short_repr("EditResult", f"{self._head()}; {self._summary()}")
+
+    def __str__(self) -> str:
+        return "\n".join([self._head(), *self._lines()])
 
 
 # --------------------------------------------------------------------------- helpers

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from surgery import paths
+from surgery import _html, paths
 from surgery._errors import PathError
 from surgery._util import check_int, require_module
 from surgery.anatomy import anatomy_for
@@ -227,6 +227,12 @@ class TrainableSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "trainable": self.trainable, "frozen": self.frozen, "components": [r.to_dict() for r in self.rows]}
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.trainable(self))
+
+    def __repr__(self) -> str:
+        return _html.short_repr("TrainableSummary", f"{self.model}: {self.trainable:,} trainable, {self.frozen:,} frozen, {len(self.rows)} components")
 
     def __str__(self) -> str:
         width = max([len("component"), *(len(r.path) for r in self.rows)])

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery import paths
+from surgery import _html, paths
 from surgery._util import check_int
 from surgery.anatomy import Anatomy
 from surgery.anatomy._base import AttrUpdate, ClassLayer, RowLayer
@@ -143,6 +143,14 @@ class ClassChange:
 
     def to_dict(self) -> dict[str, Any]:
         return {"old_num_classes": self.old_num_classes, "num_classes": self.num_classes, **_record(self)}
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.class_change(self))
+
+    def __repr__(self) -> str:
+        check = "" if self.report is None else f", check {'ok' if self.report.ok else f'{len(self.report.errors)} error(s)'}"
+        return _html.short_repr("ClassChange", f"{self.old_num_classes} → {self.num_classes} classes, {len(self.kept)} kept, "
+                                               f"{len(self.rebuilt)} layer(s) rebuilt{check}")
 
     def __str__(self) -> str:
         return _detail_lines(f"set_num_classes: {self.old_num_classes} → {self.num_classes} classes "

@@ -205,6 +205,28 @@ class Graph:
     def __str__(self) -> str:
         return self.source
 
+    def __repr__(self) -> str:
+        return f"<Graph {self.title!r} ({self.level}, {self.flow} flow): {len(self.nodes)} nodes, {len(self.edges)} edges>"
+
+    def svg(self) -> str:
+        """The diagram as SVG text, for embedding in a page (no XML prologue).
+
+        Raises:
+            RenderError: Graphviz's ``dot`` binary is missing or failed.
+        """
+        binary = dot_binary()
+        if binary is None:
+            raise RenderError(f"cannot draw the diagram as SVG: Graphviz's `dot` binary is not on PATH; {INSTALL_HINT}")
+        text = _run_dot(binary, "svg", self.source).decode("utf-8")
+        return text[text.find("<svg"):]
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """What Jupyter shows: the SVG when Graphviz's ``dot`` is installed (and works), else the DOT text."""
+        try:
+            return {"image/svg+xml": self.svg(), "text/plain": repr(self)}
+        except RenderError:
+            return {"text/plain": self.source}
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the diagram; the format follows the extension (.svg, .png, .pdf or .dot).
 

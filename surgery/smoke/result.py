@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from surgery import _html
 from surgery._errors import SmokeTestError
 from surgery._util import fmt_bytes
 from surgery.findings import Finding, Report
@@ -148,6 +149,14 @@ class SmokeResult:
             "losses": dict(self.losses),
             "ddp": dict(self.ddp) if self.ddp is not None else None,
         }
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.smoke(self))
+
+    def __repr__(self) -> str:
+        verdict = "ok" if self.ok else f"failed, {len(self.errors)} error(s)"
+        phases = ", ".join(f"{p.name} {p.status}" for p in self.phases)
+        return _html.short_repr("SmokeResult", f"{self.model or 'model'} on {self.device}: {verdict} ({phases})")
 
     def __str__(self) -> str:
         verdict = "ok" if self.ok else f"FAILED, {len(self.errors)} error(s)"

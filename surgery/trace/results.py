@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from surgery import _html
 from surgery.findings import Finding
 
 __all__ = ["TensorInfo", "Trace", "TraceCall", "TraceEdge", "dtype_name"]
@@ -255,6 +256,13 @@ class Trace:
             "failure": self.failure.to_dict() if self.failure else None,
             "findings": [f.to_dict() for f in self.findings],
         }
+
+    def _repr_html_(self) -> str:
+        return _html.fragment(_html.trace(self))
+
+    def __repr__(self) -> str:
+        return _html.short_repr("Trace", f"{self.model} ({self.family}) {'+'.join(self.modes)}: {len(self.calls)} calls, "
+                                         f"{len(self.edges)} edges, {len(self.findings)} finding(s)")
 
     def __str__(self) -> str:
         head = (

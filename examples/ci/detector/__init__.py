@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from detector.heads import WideMaskHead
-from detector.model import build_model
+from detector.model import build_model, build_stock_model
 
-__all__ = ["WideMaskHead", "build_model"]
+__all__ = ["WideMaskHead", "build_model", "build_stock_model"]

@@ -10,6 +10,20 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from detector.heads import WideMaskHead
 
 
+def build_stock_model(num_classes: int = 3, backbone: str = "resnet18") -> MaskRCNN:
+    """The Mask R-CNN the detector starts from (stock mask head, no pretrained weights): the
+    "before" of the review page.
+
+    Args:
+        num_classes: Classes, background included.
+        backbone: A torchvision ResNet name for the FPN backbone.
+
+    Returns:
+        The model, in train mode.
+    """
+    return MaskRCNN(resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=3), num_classes)
+
+
 def build_model(num_classes: int = 3, backbone: str = "resnet18", attach_to_root: bool = False) -> MaskRCNN:
     """Mask R-CNN (no pretrained weights) with a wider mask head and a predictor that fits it.
 
@@ -23,7 +37,7 @@ def build_model(num_classes: int = 3, backbone: str = "resnet18", attach_to_root
     Returns:
         The model, in train mode.
     """
-    model = MaskRCNN(resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=3), num_classes)
+    model = build_stock_model(num_classes, backbone)
     head = WideMaskHead(model.backbone.out_channels, (256, 384, 512))
     if attach_to_root:
         model.mask_predictor = MaskRCNNPredictor(head.out_channels, 256, num_classes)
