@@ -165,3 +165,33 @@ def test_every_classification_builder_checks_clean(name: str) -> None:
     finally:
         del model
         gc.collect()
+
+
+class _DictHead(nn.Module):
+    """A head that returns a dict where the family expects logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(512, 10)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.fc(x)}
+
+
+def test_a_head_that_returns_nonsense_is_caught_by_check() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = _DictHead()
+    (f,) = surgery.check(model).errors
+    assert (f.code, f.paths) == ("shape-error", ("fc",))
+    assert f.message == "the model, run whole on meta, returned dict; expected logits of shape (2, num_classes)"
+    assert f.fix == "make fc return a tensor of logits of shape (B, num_classes)"
+
+
+def test_sliced_logits_are_read_from_the_weight_not_the_stale_attribute() -> None:
+    model = torchvision.models.efficientnet_b0(weights=None)
+    layer = model.classifier[1]
+    layer.weight = nn.Parameter(layer.weight.detach()[:10].clone())
+    layer.bias = nn.Parameter(layer.bias.detach()[:10].clone())
+    assert anatomy_for(model).num_classes(model) == 10
+    (f,) = surgery.check(model).errors  # only the stale attribute, not a class-count disagreement
+    assert (f.code, f.paths, f.fix) == ("channel-mismatch", ("classifier.1",), "model.classifier[1] = nn.Linear(1280, 10)")

@@ -196,6 +196,12 @@ class ClassifierAnatomy(Anatomy):
         found = probe.finding
         if found is not None and found.code == "channel-mismatch" and probe.raised_in in heads:
             yield found
+        if probe.status == "ran" and not self._aux_on(model):  # a train-mode output holds the aux logits too
+            problem = self._output_problem(model, probe.output, PROBE_BATCH)
+            if problem is not None:
+                arch = self.arch(model)
+                yield Finding("error", problem[0], (arch.head,), f"the model, run whole on meta, {problem[1]}",
+                              f"make {arch.head} return a tensor of logits of shape (B, num_classes)")
 
     # ----------------------------------------------------------------------- inputs
 
@@ -273,19 +279,27 @@ class ClassifierAnatomy(Anatomy):
 
     # ----------------------------------------------------------------------- the eval pass
 
+    def _output_problem(self, model: nn.Module, output: Any, batch: int | None) -> tuple[str, str] | None:
+        """``(code, what is wrong)`` when ``output`` is not ``(B, num_classes)`` logits; works on meta tensors."""
+        arch = self.arch(model)
+        classes = self.num_classes(model)
+        want = f"({batch if batch is not None else 'B'}, {classes if classes is not None else 'num_classes'})"
+        if not isinstance(output, Tensor):
+            return "shape-error", f"returned {type(output).__name__}; expected logits of shape {want}"
+        if output.dim() != 2 or (batch is not None and output.shape[0] != batch) or (classes is not None and output.shape[1] != classes):
+            code = "num-classes-mismatch" if output.dim() == 2 and output.shape[0] == batch else "shape-error"
+            return code, (f"returned logits of shape {tuple(output.shape)}; expected {want} "
+                          f"(num_classes={classes}, read from {arch.logits})")
+        return None
+
     def check_eval_output(self, model: nn.Module, output: Any, images: Any, label: str) -> list[Finding]:
         """Logits of shape ``(B, num_classes)``, all finite."""
         arch = self.arch(model)
         head = (arch.head,) if paths.exists(model, arch.head) else ()
         batch = int(images.shape[0]) if isinstance(images, Tensor) else None
-        classes = self.num_classes(model)
-        want = f"({batch}, {classes})"
-        if not isinstance(output, Tensor):
-            return [Finding("error", "shape-error", head, f"{label} returned {type(output).__name__}; expected logits of shape {want}", None)]
-        if output.dim() != 2 or output.shape[0] != batch or (classes is not None and output.shape[1] != classes):
-            code = "num-classes-mismatch" if output.dim() == 2 and output.shape[0] == batch else "shape-error"
-            return [Finding("error", code, head, f"{label} returned logits of shape {tuple(output.shape)}; expected {want} "
-                            f"(num_classes={classes}, read from {arch.logits})", None)]
+        problem = self._output_problem(model, output, batch)
+        if problem is not None:
+            return [Finding("error", problem[0], head, f"{label} {problem[1]}", None)]
         if not bool(torch.isfinite(output).all()):
             return [Finding("error", "non-finite", head, f"{label} returned NaN/Inf logits", None)]
         return []
@@ -295,6 +309,9 @@ class ClassifierAnatomy(Anatomy):
     def num_classes(self, model: nn.Module) -> int | None:
         arch = self.arch(model)
         layer = paths.get(model, arch.logits) if paths.exists(model, arch.logits) else None
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, Tensor) and weight.dim() >= 2 and not isinstance(weight, nn.parameter.UninitializedParameter):
+            return int(weight.shape[0])  # the weight, not out_features, which goes stale when weights are sliced
         value = getattr(layer, "out_features", getattr(layer, "out_channels", None))
         return int(value) if isinstance(value, int) else None
 

@@ -8,6 +8,7 @@ head → predictor adapt rules and the backbone body that ``freeze_backbone_laye
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
@@ -173,6 +174,9 @@ class RCNNAnatomy(DetectionAnatomy):
 
     def num_classes(self, model: nn.Module) -> int | None:
         cls_score = getattr(getattr(getattr(model, "roi_heads", None), "box_predictor", None), "cls_score", None)
+        weight = getattr(cls_score, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2 and not isinstance(weight, nn.parameter.UninitializedParameter):
+            return int(weight.shape[0])  # the weight, not out_features, which goes stale when weights are sliced
         value = getattr(cls_score, "out_features", None)
         return int(value) if isinstance(value, int) else None
 
