@@ -13,7 +13,10 @@ from surgery._util import require_module
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.signature import SlotSignature
 
-__all__ = ["Component", "Overview", "components", "inspect", "count_params", "human"]
+__all__ = ["Component", "Overview", "components", "inspect", "count_params", "human", "uninitialized"]
+
+#: How a module with lazy, not yet materialized parameters (``nn.LazyConv2d``...) is described.
+UNINITIALIZED = "uninitialized"
 
 
 def human(n: int) -> str:
@@ -24,10 +27,21 @@ def human(n: int) -> str:
     return str(n)
 
 
+def uninitialized(module: nn.Module) -> int:
+    """How many parameters of ``module`` are lazy ones not materialized yet (their size is unknown)."""
+    return sum(1 for p in module.parameters() if isinstance(p, nn.parameter.UninitializedParameter))
+
+
 def count_params(module: nn.Module) -> tuple[int, int]:
-    """(total, trainable) parameter counts, each shared parameter counted once."""
+    """(total, trainable) parameter counts, each shared parameter counted once.
+
+    Lazy parameters that are not materialized yet have no size and count 0; :func:`uninitialized`
+    says whether there are any.
+    """
     total = trainable = 0
     for p in module.parameters():
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            continue
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
@@ -48,6 +62,7 @@ class Component:
             module (None when unknown).
         out_sig: Output channels/features read from its last layer (None when unknown).
         accepts: What may replace it.
+        lazy: True when some of its parameters are lazy and not materialized yet (their counts are then 0).
     """
 
     path: str
@@ -58,6 +73,7 @@ class Component:
     in_sig: SlotSignature | None
     out_sig: SlotSignature | None
     accepts: str = ""
+    lazy: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,11 +85,13 @@ class Component:
             "in": self.in_sig.to_dict() if self.in_sig else None,
             "out": self.out_sig.to_dict() if self.out_sig else None,
             "accepts": self.accepts,
+            "lazy": self.lazy,
         }
 
     def __str__(self) -> str:
+        counts = f"{UNINITIALIZED}, {self.params:,} params materialized" if self.lazy else f"{self.params:,} params, {self.trainable:,} trainable"
         return (
-            f"{self.path}: {self.type} ({self.params:,} params, {self.trainable:,} trainable) "
+            f"{self.path}: {self.type} ({counts}) "
             f"{self.in_sig or '?'} → {self.out_sig or '?'} — {self.role}"
         )
 
@@ -97,7 +115,8 @@ def components(model: nn.Module) -> list[Component]:
         module = paths.get(model, slot.path)
         total, trainable = count_params(module)
         in_sig, out_sig = anatomy.signatures(model, slot.path)
-        out.append(Component(slot.path, slot.role, type(module).__name__, total, trainable, in_sig, out_sig, slot.accepts))
+        out.append(Component(slot.path, slot.role, type(module).__name__, total, trainable, in_sig, out_sig, slot.accepts,
+                             uninitialized(module) > 0))
     return out
 
 
@@ -140,7 +159,8 @@ class Overview:
     def components_table(self) -> str:
         header = ("path", "type", "params", "trainable", "in → out", "role")
         rows = [
-            (c.path, c.type, human(c.params), human(c.trainable), f"{c.in_sig or '-'} → {c.out_sig or '-'}", c.role)
+            (c.path, c.type, human(c.params) + ("+?" if c.lazy else ""), UNINITIALIZED if c.lazy else human(c.trainable),
+             f"{c.in_sig or '-'} → {c.out_sig or '-'}", c.role)
             for c in self.components
         ]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
@@ -174,8 +194,9 @@ def _tree(model: nn.Module, depth: int) -> list[str]:
         for i, (name, child) in enumerate(children):
             last = i == len(children) - 1
             total, _ = count_params(child)
+            size = f"{human(total)}, {UNINITIALIZED}" if uninitialized(child) else human(total)
             more = f" … {len(child._modules)} children" if level + 1 >= depth and child._modules else ""
-            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{name}: {type(child).__name__} ({human(total)}){more}")
+            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{name}: {type(child).__name__} ({size}){more}")
             if level + 1 < depth:
                 walk(child, prefix + ("   " if last else "│  "), level + 1)
 
