@@ -396,8 +396,8 @@ def load_weights(model: nn.Module, file: str | Path, *, trust: bool = False, str
                 fitting[k] = v
     if strict and not report.clean:
         hint = _class_hint(model, report.mismatched) if report.mismatched else ""
-        raise LoadError(f"weights do not match the model, nothing was loaded (pass strict=False, or --no-strict on the "
-                        f"command line, to load what fits):\n{report}{hint}", file=str(path))
+        raise LoadError(f"weights do not match the model (pass strict=False to load what fits), nothing was loaded "
+                        f"(on the command line: --no-strict):\n{report}{hint}", file=str(path))
     try:
         model.load_state_dict(fitting, strict=False)
     except RuntimeError as e:
