@@ -314,6 +314,10 @@ def _dtype_kind(dtype: torch.dtype) -> str:
     return "integer"
 
 
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
 def _class_hint(model: nn.Module, mismatched: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> str:
     """A hint naming the class count the file was saved with, when the mismatches are the class layers'."""
     from surgery.anatomy import anatomy_for
@@ -349,7 +353,7 @@ def _validate(state: Mapping[str, Any], own: Mapping[str, torch.Tensor], file: s
             problems.append(f"{k!r} is a {v.layout} tensor; only dense tensors load")
         elif _dtype_kind(v.dtype) != _dtype_kind(own[k].dtype):
             problems.append(f"{k!r} is {v.dtype} in the file but {own[k].dtype} in the model; "
-                            f"a {_dtype_kind(v.dtype)} tensor is not loaded into a {_dtype_kind(own[k].dtype)} one")
+                            f"{_a(_dtype_kind(v.dtype))} tensor is not loaded into {_a(_dtype_kind(own[k].dtype))} one")
     return problems
 
 

@@ -442,7 +442,7 @@ def test_integer_tensor_into_float_parameter_is_refused(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "int.pt")
     before = state_bytes(model)
     with pytest.raises(LoadError, match=r"'0.weight' is torch.int64 in the file but torch.float32 in the model; "
-                                        r"a integer tensor is not loaded into a floating one"):
+                                        r"an integer tensor is not loaded into a floating one"):
         load_weights(model, tmp_path / "int.pt")
     assert state_bytes(model) == before
 
@@ -517,11 +517,26 @@ class _RaisingHead(nn.Module):
         raise RuntimeError("the head broke")
 
 
+class _DataDependent(nn.Module):
+    """Its forward asks a value (``.item()``), which stops the static meta probe before the head runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = _DictHead()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.sum().item() > -1e30:
+            return self.head(y).flatten(1)
+        return y
+
+
 def test_render_reports_a_head_that_returns_a_non_tensor(tmp_path: Path) -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), _DictHead(), nn.Linear(4, 2))
-    graph = surgery.render(model, tmp_path / "x.dot")
-    errors = [(f.code, f.message.split(":")[0]) for f in graph.findings if f.severity == "error"]
-    assert errors and errors[0][0] == "shape-error"
+    graph = surgery.render(_DataDependent(), tmp_path / "x.dot", input=torch.randn(1, 3, 16, 16))
+    assert [(f.severity, f.code, f.message) for f in graph.findings] == [
+        ("error", "shape-error", "<model> (_DataDependent) raised AttributeError during the eval forward: 'dict' object has no attribute 'flatten'; "
+         "it received 0: 1×3×16×16. 3 module calls had completed before (the last: conv, head.fc, head)")]
 
 
 def test_render_lists_a_raising_head_once(tmp_path: Path) -> None:
