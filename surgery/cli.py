@@ -428,14 +428,15 @@ def _fail(ns: argparse.Namespace | None, argv: Sequence[str], message: str) -> i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``surgery`` console script. Returns the exit code."""
+    """Entry point of the ``surgery`` console script. Returns the exit code; a command line
+    argparse refuses raises ``SystemExit(2)`` as argparse does."""
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         ns = parser.parse_args(args)
-    except _UsageError as e:
+    except _UsageError as e:  # argparse's own way out: SystemExit(2), after the message (and the JSON under --json)
         e.parser.print_usage(sys.stderr)
-        return _fail(None, args, f"{e.parser.prog}: error: {e}")
+        sys.exit(_fail(None, args, f"{e.parser.prog}: error: {e}"))
     ns.out = sys.stdout
     try:
         with contextlib.redirect_stdout(sys.stderr):  # what the model's code prints must not mix with our output

@@ -72,7 +72,11 @@ def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
+    """Exit code, stdout and stderr of ``surgery ARGV`` (argparse's refusals exit through SystemExit)."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else -1
     out, err = capsys.readouterr()
     return code, out, err
 
