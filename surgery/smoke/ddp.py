@@ -28,8 +28,9 @@ Each writes a JSON result file; the parent waits at most ``timeout`` seconds in 
 kills whatever is still running, and always removes the temporary directory. A worker that
 crashes, or workers that run past the timeout, become an error finding of the phase (the
 earlier phases' results are kept). When one rank fails, the others usually fail after it in
-a collective ("Connection closed by peer"); the rank that failed first is the one blamed, and
-the others' follow-on errors are not reported as findings of their own.
+a collective ("Connection closed by peer"): only the ranks that raised an error of their own
+are reported (by step, then rank), not those follow-on errors. A worker that dies without a
+result ends the wait at once (the others would only wait for it).
 """
 
 from __future__ import annotations
@@ -440,11 +441,13 @@ def _collect(out_dir: str, processes: list[Any], problem: Finding | None,
 
 
 def _blamed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The failed ranks to report: the one that failed first, and others whose errors are not just a
-    consequence of it (a peer gone mid-collective)."""
+    """The failed ranks to report: those that raised an error of their own, by step then rank (the
+    follow-on errors of the others, a peer gone mid-collective, are left out); when every error
+    is such a follow-on, the one that happened first."""
     failed = sorted((r for r in results if r["error"] is not None), key=lambda r: (r.get("failed_at") or math.inf, r["rank"]))
     if not failed:
         return []
-    own = [r for r in failed if not _FOLLOW_ON.search(r["error"])]
-    first = own[0] if own else failed[0]
-    return [first, *(r for r in own if r is not first)]
+    own = sorted((r for r in failed if not _FOLLOW_ON.search(r["error"])), key=lambda r: (r.get("step") or STEPS + 1, r["rank"]))
+    if not own:  # only follow-on errors: the earliest is the best clue
+        return failed[:1]
+    return own
