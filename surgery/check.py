@@ -146,10 +146,11 @@ def _whole_fixes(model: nn.Module, anatomy: Anatomy, orphans: list[Finding]) -> 
             continue
         other = next((p for p in broken[0].paths if p != target), None)
         said = broken[0].message.split("; fix", 1)[0]
+        # still one line of valid Python; the comment names the other line the whole change needs
         if other is not None:
-            fix = f"{_paths.expression(other, model)} = <the new module that fits {_paths.expression(source, model)}>; {finding.fix}"
+            fix = f"{finding.fix}  # and first: {_paths.expression(other, model)} = <the new module built to feed it>"
         else:
-            fix = f"{finding.fix}  # then fit its neighbours too: moving it alone fails: {said}"
+            fix = f"{finding.fix}  # and fit its neighbours too"
         message = finding.message + f"; moving it there alone would not fit: {said}"
         out.append(Finding(finding.severity, finding.code, finding.paths, message, fix))
     return out

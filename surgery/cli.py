@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(--arg and --weights apply to SPEC only)")
     p.add_argument("--level", choices=("components", "modules"), default="components",
                    help="one node per component slot, or nested module clusters (default: components)")
-    p.add_argument("--depth", type=_int_in(1, DEPTH[1]), default=None, metavar="N", help="with --level modules: open N levels (default: all)")
+    p.add_argument("--depth", type=_int_in(*DEPTH), default=None, metavar="N", help="with --level modules: open N levels (default: all)")
     p.add_argument("--no-trace", action="store_true",
                    help="label edges with channels read statically (no forward pass) instead of traced shapes")
 
