@@ -4,7 +4,15 @@ Two depths of the same :class:`Snapshot`:
 
 * ``Snapshot(model)`` (what :func:`preserved` takes): everything a forward pass may disturb
   ("leave no trace"): train/eval flags, hooks, transform sizes, buffer values (BatchNorm
-  statistics), the device/dtype of every parameter, ``requires_grad`` and ``.grad``.
+  statistics), parameter values, the device/dtype of every parameter, ``requires_grad``,
+  ``.grad``, and lazy modules (``nn.LazyConv2d``...) left uninitialized.
+
+  Parameter values: a module may write its own weights in ``forward``
+  (``self.conv.weight.mul_(0.5)``), and which ones it writes cannot be known in advance, so a
+  copy of every parameter is kept (on the CPU, so GPU memory and its peak are not disturbed).
+  Measured on Mask R-CNN R50-FPN (44.5 M parameters, 170 MiB): 0.1-0.17 s on a 2-core CPU,
+  about 2 % of one 320-pixel eval forward (7 s) there. On restore only the parameters whose
+  ``_version`` counter moved are written back, so an untouched model costs just the copy.
 * ``Snapshot(model, structure=True)`` (what an edit transaction takes): every module's
   attributes and one level into its containers (submodules, parameters, buffers, hook dicts,
   ...), ``requires_grad`` and ``.grad``. Tensor values are not copied (no memory is doubled);
@@ -21,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 __all__ = ["preserved", "Snapshot"]
 
@@ -98,6 +108,9 @@ class Snapshot:
         self.param_places: list[tuple[torch.device, torch.dtype]] = []
         self.buffers: list[tuple[nn.Module, str, torch.Tensor | None]] = []
         self.sizes: list[tuple[nn.Module, dict[str, Any]]] = []
+        self.values: list[tuple[torch.Tensor | None, int]] = []
+        self.lazy: list[tuple[nn.Module, type, dict[str, Any], dict[str, Any]]] = []
+        self.lazy_tensors: list[tuple[torch.Tensor, type, torch.Tensor]] = []
         if structure:
             self._save_structure()
         else:
@@ -123,6 +136,15 @@ class Snapshot:
             saved = {a: getattr(m, a) for a in _SIZE_ATTRS if a in m.__dict__}
             if saved:
                 self.sizes.append((m, saved))
+        with torch.no_grad():
+            self.values = [(_copy_values(p), p._version) for p in self.params]
+        for m in self.modules:  # a lazy module materializes on its first forward: keep what it was
+            if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params():
+                attrs = dict(m.__dict__)
+                self.lazy.append((m, type(m), attrs, {k: _copy_content(v) for k, v in attrs.items() if isinstance(v, (dict, list, set))}))
+                for t in itertools.chain(m._parameters.values(), m._buffers.values()):
+                    if isinstance(t, (UninitializedParameter, UninitializedBuffer)):
+                        self.lazy_tensors.append((t, type(t), t.data))
 
     def restore(self) -> None:
         """Put everything saved back (buffers in place, so the same tensor objects stay registered)."""
@@ -146,9 +168,29 @@ class Snapshot:
                 _refill(attrs[key], content)
 
     def _restore_run(self) -> None:
+        for lazy, cls, lazy_attrs, lazy_contents in self.lazy:
+            if type(lazy) is not cls:
+                lazy.__class__ = cls
+            now = lazy.__dict__
+            for key in [k for k in now if k not in lazy_attrs]:
+                del now[key]
+            now.update(lazy_attrs)
+            for key, content in lazy_contents.items():
+                _refill(lazy_attrs[key], content)
+        for t, cls, data in self.lazy_tensors:  # materialize() gave the same object data and a new class
+            if type(t) is not cls:
+                t.data = data
+                t.__class__ = cls
         for p, (device, dtype) in zip(self.params, self.param_places, strict=True):
             if p.device != device or p.dtype != dtype:
                 p.data = p.data.to(device=device, dtype=dtype)
+        with torch.no_grad():
+            for p, (saved_values, version) in zip(self.params, self.values, strict=True):
+                if saved_values is not None and (p._version != version or p.shape != saved_values.shape):
+                    if p.shape == saved_values.shape:
+                        p.copy_(saved_values)
+                    else:
+                        p.data = saved_values.to(p.device)
         with torch.no_grad():
             for m, name, saved in self.buffers:
                 current = m._buffers.get(name)
@@ -176,6 +218,13 @@ class Snapshot:
     def written_in_place(self) -> int:
         """How many saved parameters and buffers were modified in place since (``structure=True`` only; 0 otherwise)."""
         return sum(1 for t, version in self.versions if t._version != version)
+
+
+def _copy_values(p: torch.Tensor) -> torch.Tensor | None:
+    """A CPU copy of a parameter's values (None for an uninitialized or meta one, which holds none)."""
+    if isinstance(p, UninitializedParameter) or p.is_meta:
+        return None
+    return p.detach().to("cpu", copy=True)
 
 
 @contextmanager

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from torch import nn
 
 from surgery import paths as _paths
+from surgery._errors import PathError
 from surgery._orphans import find_orphans
+from surgery._state import Snapshot
 from surgery._util import require_module
 from surgery.anatomy import Anatomy, Contract, anatomy_for
 from surgery.anatomy._base import Context
@@ -63,7 +65,7 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
     wanted = list(paths) if paths is not None else None
     if wanted is not None:
         for p in wanted:
-            if not (_paths.exists(model, p) or _is_empty_slot(model, p)):
+            if not (_paths.exists(model, p) or _paths.is_empty_slot(model, p)):
                 _paths.get(model, p)  # raises PathError with suggestions
     anatomy = anatomy_for(model)
     ctx = Context(model, probe_image_size=probe_image_size)
@@ -80,7 +82,7 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
     probe = _whole_probe(ctx, anatomy, report, wanted)
     slot_paths = [s.path for s in anatomy.declared_slots(model)]
     report.checked.append("static orphan detection")
-    report.extend(find_orphans(model, slot_paths))
+    report.extend(_whole_fixes(model, anatomy, find_orphans(model, slot_paths)))
     report.coverage = _coverage(model, anatomy, ran, probe)
     if trace:
         from surgery.trace import trace_findings
@@ -128,13 +130,49 @@ def _coverage(model: nn.Module, anatomy: Anatomy, ran: list[Contract], probe: Mo
     return Coverage(anatomy.name, slots, probe.status, note, specific)
 
 
-def _is_empty_slot(model: nn.Module, path: str) -> bool:
+def _whole_fixes(model: nn.Module, anatomy: Anatomy, orphans: list[Finding]) -> list[Finding]:
+    """Orphan findings whose fix (move the orphan into its slot) is tried first: when the moved
+    module would not fit the slot's neighbours (the predictor built for a new head that was never
+    attached), the fix proposes the whole change, both lines, instead of one that makes a new error."""
+    out = []
+    for finding in orphans:
+        if len(finding.paths) != 2 or finding.fix is None:
+            out.append(finding)
+            continue
+        source, target = finding.paths
+        broken = _trial_move(model, anatomy, source, target)
+        if not broken:
+            out.append(finding)
+            continue
+        other = next((p for p in broken[0].paths if p != target), None)
+        said = broken[0].message.split("; fix", 1)[0]
+        # still one line of valid Python; the comment names the other line the whole change needs
+        if other is not None:
+            fix = f"{finding.fix}  # and first: {_paths.expression(other, model)} = <the new module built to feed it>"
+        else:
+            fix = f"{finding.fix}  # and fit its neighbours too"
+        message = finding.message + f"; moving it there alone would not fit: {said}"
+        out.append(Finding(finding.severity, finding.code, finding.paths, message, fix))
+    return out
+
+
+def _trial_move(model: nn.Module, anatomy: Anatomy, source: str, target: str) -> list[Finding]:
+    """The contract errors about ``target`` once the module at ``source`` sits there (the model is put back)."""
+    snap = Snapshot(model, structure=True)
     try:
-        parent_path, name = _paths.parent_of(path)
-        parent = _paths.get(model, parent_path)
-    except Exception:  # noqa: BLE001 - any failure means "not an empty slot"
-        return False
-    return _paths._is_empty_slot(parent, name)
+        _paths.set(model, target, _paths.get(model, source))
+    except PathError:
+        snap.restore()
+        return []
+    try:
+        ctx = Context(model)
+        errors = []
+        for contract in anatomy.contracts(model):
+            if target in contract.paths and _applicable(ctx, contract):
+                errors += [f for f in _run(contract, ctx) if f.severity == "error" and target in f.paths]
+        return errors
+    finally:
+        snap.restore()
 
 
 def _run(contract: Contract, ctx: Context) -> list[Finding]:

@@ -25,12 +25,18 @@ import torch
 from torch import nn
 
 from surgery._errors import LoadError
+from surgery._util import first_line
 
-__all__ = ["DEFAULT_SPEC", "WeightsReport", "load_model", "load_weights", "parse_args", "resolve_callable"]
+__all__ = ["DEFAULT_SPEC", "WeightsReport", "import_spec_file", "load_model", "load_weights", "parse_args", "resolve_callable", "spec_modules"]
 
 #: The model used when no spec is given (built with ``weights=None, weights_backbone=None``).
 DEFAULT_SPEC = "torchvision.models.detection:maskrcnn_resnet50_fpn"
 _OFFLINE_KWARGS = ("weights", "weights_backbone")
+#: Entries of a checkpoint dict that may hold the state dict.
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "model_state")
+_DDP_PREFIX = "module."
+#: Name prefix of the modules that ``.py`` spec files are imported as.
+SPEC_MODULE_PREFIX = "_surgery_spec_"
 
 
 def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -53,7 +59,7 @@ def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any
             raise LoadError(f"--arg {pair!r} is not key=value; write e.g. --arg num_classes=3", arg=pair)
         try:
             out[key] = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError) as e:
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
             raise LoadError(
                 f"--arg {key}={raw!r}: {raw!r} is not a Python literal ({type(e).__name__}); "
                 f"numbers, None/True/False, tuples and quoted strings work, e.g. {key}='{raw}'",
@@ -62,11 +68,36 @@ def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any
     return out
 
 
-def _import_file(file: Path) -> Any:
-    if not file.is_file():
-        raise LoadError(f"spec file {str(file)!r} does not exist; give an existing .py file, e.g. models/my_model.py:build", file=str(file))
-    digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
-    name = f"_surgery_spec_{file.stem}_{digest}"
+def _exit_text(e: SystemExit) -> str:
+    return f"sys.exit({e.code!r})" if e.code is not None else "sys.exit() (or exit())"
+
+
+def import_spec_file(file: str | Path, name: str | None = None) -> Any:
+    """Import a ``.py`` spec file as a module (this runs the file) and register it in ``sys.modules``.
+
+    Args:
+        file: The file.
+        name: The module name to give it; by default ``_surgery_spec_<stem>_<hash of the path>``,
+            the same name each time for the same file (so a DDP worker process can import the
+            file under the name the model's classes were pickled with).
+
+    Returns:
+        The module.
+
+    Raises:
+        LoadError: The file does not exist, cannot be read, or raised (or exited) while running.
+    """
+    file = Path(file)
+    try:
+        is_file = file.is_file()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise LoadError(f"spec file {_short(str(file))!r} cannot be used: {e.strerror or e}", file=str(file)) from e
+    if not is_file:
+        what = "is a directory" if file.is_dir() else "does not exist"
+        raise LoadError(f"spec file {_short(str(file))!r} {what}; give an existing .py file, e.g. models/my_model.py:build", file=str(file))
+    if name is None:
+        digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
+        name = f"{SPEC_MODULE_PREFIX}{file.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
         raise LoadError(f"cannot import {str(file)!r} as a Python file", file=str(file))
@@ -74,10 +105,23 @@ def _import_file(file: Path) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:
+        sys.modules.pop(name, None)
+        raise LoadError(f"running {str(file)!r} called {_exit_text(e)}; a spec file must define the builder, not exit", file=str(file)) from e
     except Exception as e:
         sys.modules.pop(name, None)
         raise LoadError(f"running {str(file)!r} raised {type(e).__name__}: {e}", file=str(file)) from e
     return module
+
+
+def spec_modules() -> list[tuple[str, str]]:
+    """``(module name, file)`` of every ``.py`` spec file imported so far in this process."""
+    return [(name, str(getattr(m, "__file__", ""))) for name, m in list(sys.modules.items())
+            if name.startswith(SPEC_MODULE_PREFIX) and getattr(m, "__file__", None)]
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def resolve_callable(spec: str) -> tuple[Any, str]:
@@ -96,7 +140,7 @@ def resolve_callable(spec: str) -> tuple[Any, str]:
     if not target or not attr:
         raise LoadError(f"model spec {spec!r} needs both a module and a callable around ':', e.g. {DEFAULT_SPEC!r}", spec=spec)
     if target.endswith(".py") or "/" in target or "\\" in target:
-        module = _import_file(Path(target))
+        module = import_spec_file(target)
     else:
         try:
             module = importlib.import_module(target)
@@ -106,6 +150,8 @@ def resolve_callable(spec: str) -> tuple[Any, str]:
                 f"or name a file instead: path/to/file.py:{attr}",
                 spec=spec,
             ) from e
+        except SystemExit as e:
+            raise LoadError(f"importing {target!r} called {_exit_text(e)}", spec=spec) from e
         except Exception as e:
             raise LoadError(f"importing {target!r} raised {type(e).__name__}: {e}", spec=spec) from e
     obj: Any = module
@@ -142,6 +188,7 @@ class WeightsReport:
         missing: Model keys the file does not have.
         unexpected: File keys the model does not have.
         mismatched: ``{key: (model_shape, file_shape)}`` for keys present in both with other shapes.
+        notes: What was done to the keys (e.g. a ``module.`` prefix stripped).
     """
 
     file: str
@@ -149,6 +196,7 @@ class WeightsReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -161,10 +209,11 @@ class WeightsReport:
             "missing": self.missing,
             "unexpected": self.unexpected,
             "mismatched": {k: [list(a), list(b)] for k, (a, b) in self.mismatched.items()},
+            "notes": list(self.notes),
         }
 
     def __str__(self) -> str:
-        lines = [f"{self.file}: {len(self.loaded)} tensors loaded"]
+        lines = [f"{self.file}: {len(self.loaded)} tensors loaded", *(f"  note: {n}" for n in self.notes)]
         for title, keys in (("missing from file", self.missing), ("not in model", self.unexpected)):
             if keys:
                 lines.append(f"  {len(keys)} {title}: " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
@@ -191,8 +240,13 @@ def _refused_globals(error: pickle.UnpicklingError) -> bool:
 
 
 def _read_checkpoint(file: Path, trust: bool) -> Mapping[str, Any]:
-    if not file.is_file():
-        raise LoadError(f"weights file {str(file)!r} does not exist", file=str(file))
+    try:
+        is_file = file.is_file()
+    except OSError as e:
+        raise LoadError(f"weights file {_short(str(file))!r} cannot be used: {e.strerror or e}", file=str(file)) from e
+    if not is_file:
+        what = "is a directory, not a file" if file.is_dir() else "does not exist"
+        raise LoadError(f"weights file {_short(str(file))!r} {what}", file=str(file))
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -222,26 +276,98 @@ def _read_checkpoint(file: Path, trust: bool) -> Mapping[str, Any]:
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in _NESTED_KEYS:
             inner = obj.get(key)
             if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
                 return inner
-        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
+        shown = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(obj.items())[:12]) + (" ..." if len(obj) > 12 else "")
+        raise LoadError(
+            f"{str(file)!r} holds a dict that is not a state dict of tensors, nor has one under "
+            f"{', '.join(map(repr, _NESTED_KEYS))}; its keys: {shown or 'none'}",
+            file=str(file),
+        )
     raise LoadError(
         f"{str(file)!r} holds a {type(obj).__name__}, not a state dict of tensors (nor a dict with a "
-        "'state_dict' or 'model' entry holding one)",
+        f"{' / '.join(map(repr, _NESTED_KEYS))} entry holding one)",
         file=str(file),
     )
+
+
+def _strip_prefix(state: Mapping[str, Any], own: Mapping[str, Any], prefix: str = _DDP_PREFIX) -> tuple[Mapping[str, Any], str]:
+    """Drop ``prefix`` (what ``DistributedDataParallel``/``DataParallel`` add) from every key when all
+    keys carry it and the model's own keys do not. Returns the state and a note ("" when unchanged)."""
+    keys = list(state)
+    if not keys or not all(isinstance(k, str) and k.startswith(prefix) for k in keys) or any(k.startswith(prefix) for k in own):
+        return state, ""
+    return {k[len(prefix):]: v for k, v in state.items()}, f"stripped the {prefix!r} prefix (a model saved from DDP) from all {len(keys)} keys"
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "floating"
+    return "integer"
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def _class_hint(model: nn.Module, mismatched: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> str:
+    """A hint naming the class count the file was saved with, when the mismatches are the class layers'."""
+    from surgery.anatomy import anatomy_for
+
+    try:
+        layers, _ = anatomy_for(model).class_layers(model)
+    except ValueError:
+        return ""
+    counts: set[int] = set()
+    for layer in layers:
+        shapes = mismatched.get(f"{layer.path}.weight")
+        if shapes is None or not shapes[1]:
+            continue
+        rows, per = shapes[1][0], layer.anchors * layer.per_class
+        if per and rows % per == 0:
+            counts.add(rows // per)
+    if len(counts) != 1:
+        return ""
+    n = counts.pop()
+    return (f"\nthe class-dependent layers of the file predict {n} classes (the model has another count): "
+            f"build the model with --arg num_classes={n} (num_classes={n} in Python)")
+
+
+def _validate(state: Mapping[str, Any], own: Mapping[str, torch.Tensor], file: str) -> list[str]:
+    """What makes tensors of ``state`` impossible to load into ``own`` (meta device, another kind of dtype)."""
+    problems = []
+    for k, v in state.items():
+        if k not in own:
+            continue
+        if v.is_meta:
+            problems.append(f"{k!r} is on the meta device (it holds no values)")
+        elif v.layout != torch.strided:
+            problems.append(f"{k!r} is a {v.layout} tensor; only dense tensors load")
+        elif _dtype_kind(v.dtype) != _dtype_kind(own[k].dtype):
+            problems.append(f"{k!r} is {v.dtype} in the file but {own[k].dtype} in the model; "
+                            f"{_a(_dtype_kind(v.dtype))} tensor is not loaded into {_a(_dtype_kind(own[k].dtype))} one")
+    return problems
 
 
 def load_weights(model: nn.Module, file: str | Path, *, trust: bool = False, strict: bool = True) -> WeightsReport:
     """Load a local state dict into ``model`` and report how the keys matched.
 
+    Every tensor is validated before any is copied, so a refused file leaves the model
+    untouched. Keys that all start with ``module.`` (a model saved from
+    ``DistributedDataParallel``) are stripped of it, and the report says so.
+
     Args:
         model: The model to fill.
         file: A file written by ``torch.save(model.state_dict(), file)`` (or a checkpoint dict
-            with a ``"state_dict"`` / ``"model"`` entry).
+            with a ``"state_dict"``, ``"model"``, ``"model_state_dict"`` or ``"model_state"`` entry).
         trust: Allow a pickled whole model (runs code from the file).
         strict: Raise when any key is missing, unexpected or of another shape. When False, the
             keys that fit are loaded and the rest is reported.
@@ -250,14 +376,21 @@ def load_weights(model: nn.Module, file: str | Path, *, trust: bool = False, str
         A :class:`WeightsReport`.
 
     Raises:
-        LoadError: The file is missing, corrupt, pickled without ``trust``, or (``strict``) does not match.
+        LoadError: The file is missing, corrupt, pickled without ``trust``, holds a tensor that
+            cannot be loaded (meta device, an integer tensor for a floating one, ...), or
+            (``strict``) does not match. The model is then unchanged.
     """
     path = Path(file)
     state = _read_checkpoint(path, trust)
     own = model.state_dict()
-    report = WeightsReport(str(path))
+    state, note = _strip_prefix(state, own)
+    report = WeightsReport(str(path), notes=[note] if note else [])
     report.missing = [k for k in own if k not in state]
     report.unexpected = [k for k in state if k not in own]
+    problems = _validate(state, own, str(path))
+    if problems:
+        raise LoadError(f"{str(path)!r} cannot be loaded, nothing was changed:\n  " + "\n  ".join(problems[:10])
+                        + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""), file=str(path))
     fitting: dict[str, torch.Tensor] = {}
     for k, v in state.items():
         if k in own:
@@ -266,8 +399,13 @@ def load_weights(model: nn.Module, file: str | Path, *, trust: bool = False, str
             else:
                 fitting[k] = v
     if strict and not report.clean:
-        raise LoadError(f"weights do not match the model (pass strict=False to load what fits):\n{report}", file=str(path))
-    model.load_state_dict(fitting, strict=False)
+        hint = _class_hint(model, report.mismatched) if report.mismatched else ""
+        raise LoadError(f"weights do not match the model (pass strict=False to load what fits), nothing was loaded "
+                        f"(on the command line: --no-strict):\n{report}{hint}", file=str(path))
+    try:
+        model.load_state_dict(fitting, strict=False)
+    except RuntimeError as e:
+        raise LoadError(f"loading {str(path)!r} failed: {first_line(e)}", file=str(path)) from e
     report.loaded = list(fitting)
     return report
 
@@ -315,6 +453,8 @@ def load_model(
             except (TypeError, ValueError):
                 sig = "(...)"
             raise LoadError(f"calling {spec}{sig} with {kwargs} failed: {e}", spec=spec) from e
+        except SystemExit as e:
+            raise LoadError(f"building {spec!r} called {_exit_text(e)} instead of returning an nn.Module", spec=spec) from e
         except Exception as e:
             raise LoadError(f"building {spec!r} raised {type(e).__name__}: {e}", spec=spec) from e
     else:

@@ -13,7 +13,10 @@ from surgery._util import require_module
 from surgery.anatomy import Anatomy, anatomy_for
 from surgery.signature import SlotSignature
 
-__all__ = ["Component", "Overview", "components", "inspect", "count_params", "human"]
+__all__ = ["Component", "Overview", "components", "inspect", "count_params", "human", "uninitialized"]
+
+#: How a module with lazy, not yet materialized parameters (``nn.LazyConv2d``...) is described.
+UNINITIALIZED = "uninitialized"
 
 
 def human(n: int) -> str:
@@ -24,10 +27,21 @@ def human(n: int) -> str:
     return str(n)
 
 
+def uninitialized(module: nn.Module) -> int:
+    """How many parameters of ``module`` are lazy ones not materialized yet (their size is unknown)."""
+    return sum(1 for p in module.parameters() if isinstance(p, nn.parameter.UninitializedParameter))
+
+
 def count_params(module: nn.Module) -> tuple[int, int]:
-    """(total, trainable) parameter counts, each shared parameter counted once."""
+    """(total, trainable) parameter counts, each shared parameter counted once.
+
+    Lazy parameters that are not materialized yet have no size and count 0; :func:`uninitialized`
+    says whether there are any.
+    """
     total = trainable = 0
     for p in module.parameters():
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            continue
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
@@ -50,6 +64,7 @@ class Component:
         accepts: What may replace it.
         config: What the module is configured with beyond its signature (anchor sizes and
             ratios per level, a pooler's maps and output size), None when nothing.
+        lazy: True when some of its parameters are lazy and not materialized yet (their counts are then 0).
     """
 
     path: str
@@ -61,6 +76,7 @@ class Component:
     out_sig: SlotSignature | None
     accepts: str = ""
     config: str | None = None
+    lazy: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,11 +89,13 @@ class Component:
             "out": self.out_sig.to_dict() if self.out_sig else None,
             "accepts": self.accepts,
             "config": self.config,
+            "lazy": self.lazy,
         }
 
     def __str__(self) -> str:
+        counts = f"{UNINITIALIZED}, {self.params:,} params materialized" if self.lazy else f"{self.params:,} params, {self.trainable:,} trainable"
         return (
-            f"{self.path}: {self.type} ({self.params:,} params, {self.trainable:,} trainable) "
+            f"{self.path}: {self.type} ({counts}) "
             f"{self.in_sig or '?'} → {self.out_sig or '?'}{f' [{self.config}]' if self.config else ''} — {self.role}"
         )
 
@@ -109,7 +127,7 @@ def components(model: nn.Module) -> list[Component]:
         total, trainable = count_params(module)
         in_sig, out_sig = anatomy.signatures(model, slot.path)
         out.append(Component(slot.path, slot.role, type(module).__name__, total, trainable, in_sig, out_sig, slot.accepts,
-                             anatomy.slot_config(module)))
+                             anatomy.slot_config(module), uninitialized(module) > 0))
     return out
 
 
@@ -151,7 +169,8 @@ class Overview:
     def components_table(self) -> str:
         header = ("path", "type", "params", "trainable", "in → out", "role")
         rows = [
-            (c.path, c.type, human(c.params), human(c.trainable), c.flow_text(), c.role)
+            (c.path, c.type, human(c.params) + ("+?" if c.lazy else ""), UNINITIALIZED if c.lazy else human(c.trainable),
+             c.flow_text(), c.role)
             for c in self.components
         ]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
@@ -191,8 +210,9 @@ def _tree(model: nn.Module, depth: int) -> list[str]:
         for i, (name, child) in enumerate(children):
             last = i == len(children) - 1
             total, _ = count_params(child)
+            size = f"{human(total)}, {UNINITIALIZED}" if uninitialized(child) else human(total)
             more = f" … {len(child._modules)} children" if level + 1 >= depth and child._modules else ""
-            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{name}: {type(child).__name__} ({human(total)}){more}")
+            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{name}: {type(child).__name__} ({size}){more}")
             if level + 1 < depth:
                 walk(child, prefix + ("   " if last else "│  "), level + 1)
 

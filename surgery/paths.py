@@ -24,7 +24,7 @@ from torch import nn
 from surgery._errors import PathError
 from surgery._util import require_module
 
-__all__ = ["get", "set", "delete", "exists", "iter_paths", "split", "join", "parent_of", "expression"]
+__all__ = ["get", "set", "delete", "exists", "is_empty_slot", "iter_paths", "split", "join", "parent_of", "expression"]
 
 _INDEXED = (nn.Sequential, nn.ModuleList)
 _MAX_SUGGESTIONS = 3
@@ -77,14 +77,44 @@ def _child_key(parent: nn.Module, segment: str) -> str | None:
     return None
 
 
-def _is_empty_slot(parent: nn.Module, segment: str) -> bool:
-    """True when ``segment`` is a registered ``None`` submodule or a plain ``None`` attribute.
+def _optional_slots(model: nn.Module) -> frozenset[str]:
+    """The paths the model's anatomy declares as optional slots (that a model may leave ``None``)."""
+    from surgery.anatomy import anatomy_for  # imported here: the anatomy layer builds on this module
 
-    torchvision uses such slots to mean "absent" (e.g. ``roi_heads.mask_head`` of Faster R-CNN).
-    """
+    return frozenset(s.path for s in anatomy_for(model).declared_slots(model) if s.optional)
+
+
+def _empty_here(model: nn.Module, parent: nn.Module, path: str, segment: str) -> bool:
+    """The empty-slot rule for ``segment`` of ``parent``, where ``path`` is the slot's full path in ``model``."""
     if segment in parent._modules:
         return parent._modules[segment] is None
-    return segment in parent.__dict__ and parent.__dict__[segment] is None
+    if segment in parent.__dict__ and parent.__dict__[segment] is None:
+        return path in _optional_slots(model)
+    return False
+
+
+def is_empty_slot(model: nn.Module, path: str) -> bool:
+    """True when ``path`` names an empty slot of ``model``, one that :func:`set` may fill.
+
+    A slot is empty when its parent exists and either registered it as ``None``
+    (``parent._modules[name] is None``, as :func:`delete` leaves it) or holds a plain ``None``
+    attribute there that the model's anatomy declares an optional slot (e.g.
+    ``roi_heads.mask_head`` of a Faster R-CNN). Any other ``None`` attribute
+    (``transform.fixed_size``, ``roi_heads.box_roi_pool.scales``) is not a slot.
+
+    Args:
+        model: The model to look in.
+        path: Dotted path of the slot.
+
+    Returns:
+        Whether it is an empty slot (False for a filled slot or a path that does not resolve).
+    """
+    try:
+        parent_path, name = parent_of(path)
+        parent = get(model, parent_path) if parent_path else require_module(model, "paths")
+    except PathError:
+        return False
+    return _empty_here(model, parent, path, name)
 
 
 def _all_paths(root: nn.Module) -> list[str]:
@@ -155,7 +185,7 @@ def _walk(model: nn.Module, path: str) -> tuple[nn.Module, str, list[str]]:
     for i, segment in enumerate(segments[:-1]):
         key = _child_key(node, segment)
         if key is None or node._modules[key] is None:
-            if _is_empty_slot(node, segment):
+            if _empty_here(model, node, join(*segments[: i + 1]), segment):
                 raise PathError(
                     f"{join(*segments[: i + 1])!r} is an empty slot (None) in path {path!r}; "
                     "set it with paths.set() first",
@@ -189,7 +219,7 @@ def get(model: nn.Module, path: str) -> nn.Module:
     parent, last, segments = _walk(model, path)
     key = _child_key(parent, last)
     if key is None or parent._modules[key] is None:
-        if _is_empty_slot(parent, last):
+        if _empty_here(model, parent, path, last):
             raise PathError(
                 f"{path!r} is an empty slot (None) of {type(parent).__name__}; "
                 f"fill it with surgery.paths.set(model, {path!r}, module)",
@@ -237,7 +267,7 @@ def set(model: nn.Module, path: str, module: nn.Module) -> nn.Module | None:  # 
         old = parent._modules[key]
         parent._modules[key] = module
         return old
-    if _is_empty_slot(parent, last):
+    if _empty_here(model, parent, path, last):
         setattr(parent, last, module)  # nn.Module.__setattr__ registers it in place of the None attribute
         return None
     raise _missing(model, path, segments, len(segments) - 1, parent)

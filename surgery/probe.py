@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from surgery import paths
 from surgery._state import preserved
@@ -207,6 +208,8 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
     inputs = anatomy.probe_inputs(model, image_size)
     if inputs is None:
         return ModelProbe("skipped", "no input could be inferred: the model has no Conv, Linear or Embedding layer to read one from")
+    if any(isinstance(t, (UninitializedParameter, UninitializedBuffer)) for t in [*model.parameters(), *model.buffers()]):
+        return ModelProbe("skipped", "the model has lazy modules that are still uninitialized (their shapes come with the first forward)")
     described = _describe(inputs)
     state = _meta_state(model)
     watch = _Watch(model)

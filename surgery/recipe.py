@@ -21,8 +21,12 @@ exactly one action key::
 
 Actions: ``replace`` (with ``module``, optional ``args``, ``kwargs``, ``adapt``), ``adapt``,
 ``set_num_classes`` (optional ``keep``), ``freeze``, ``unfreeze``, ``freeze_backbone_layers``.
-A ``module`` is ``pkg.module:Callable`` (or ``path/to/file.py:Callable``, which runs that
-file) called with the literal ``args`` and ``kwargs``.
+A ``module`` is ``pkg.module:Class`` (or ``path/to/file.py:Class``, which runs that file)
+called with the literal ``args`` and ``kwargs``. Only an ``nn.Module`` subclass or one of the
+documented factories in :data:`FACTORIES` may be named: anything else (``os:system``,
+``builtins:eval``, a plain function) is refused when the recipe is read, before anything is
+called. A recipe's ``model`` (and the spec in a saved file) may not name a standard-library
+or built-in callable either.
 
 :meth:`Recipe.save` writes ``{"format", "spec", "args", "recipe", "state_dict"}`` with
 ``torch.save``; :func:`rebuild` loads it with ``weights_only=True``, builds the spec, applies
@@ -48,12 +52,18 @@ from surgery.edit import Transaction
 from surgery.findings import Report
 from surgery.loading import DEFAULT_SPEC, load_model, resolve_callable
 
-__all__ = ["FORMAT", "Recipe", "RecipeError", "RecipeResult", "Step", "rebuild"]
+__all__ = ["FACTORIES", "FORMAT", "Recipe", "RecipeError", "RecipeResult", "Step", "rebuild"]
 
 #: The ``format`` entry of a file written by :meth:`Recipe.save`.
 FORMAT = "surgery.recipe/1"
 
 _TOP_KEYS = ("model", "args", "description", "step")
+
+#: The largest class count a recipe may ask for (a larger one is a typo, and would allocate that many rows).
+MAX_CLASSES = 100_000
+
+#: The factories a ``replace`` step's ``module`` may name besides ``nn.Module`` subclasses.
+FACTORIES: frozenset[str] = frozenset({"surgery:detection_backbone"})
 
 
 class RecipeError(SurgeryError, ValueError):
@@ -104,10 +114,11 @@ def _patterns(value: object) -> str | None:
     return None
 
 
-def _int_at_least(minimum: int) -> Callable[[object], str | None]:
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[object], str | None]:
     def check(value: object) -> str | None:
-        if not _is_int(value) or value < minimum:  # type: ignore[operator]
-            return f"must be an integer >= {minimum}, got {type(value).__name__} {value!r}"
+        if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):  # type: ignore[operator]
+            allowed = f"an integer in {minimum}..{maximum}" if maximum is not None else f"an integer >= {minimum}"
+            return f"must be {allowed}, got {type(value).__name__} {value!r}"
         return None
 
     return check
@@ -150,11 +161,40 @@ _ACTIONS: dict[str, tuple[Callable[[object], str | None], dict[str, tuple[Callab
         "adapt": (_kind(bool, "true or false"), False),
     }),
     "adapt": (_path, {}),
-    "set_num_classes": (_int_at_least(1), {"keep": (_keep, False)}),
+    "set_num_classes": (_int_at_least(1, MAX_CLASSES), {"keep": (_keep, False)}),
     "freeze": (_patterns, {}),
     "unfreeze": (_patterns, {}),
     "freeze_backbone_layers": (_int_at_least(0), {}),
 }
+
+
+def _not_a_builder(fn: object, spec: str) -> str | None:
+    """None when a step's ``module`` may be called: an ``nn.Module`` subclass or a listed factory."""
+    if isinstance(fn, type) and issubclass(fn, nn.Module):
+        return None
+    if spec in FACTORIES:
+        return None
+    kind = "class" if isinstance(fn, type) else type(fn).__name__
+    return (f"{spec} is a {kind}, not an nn.Module subclass; a recipe may only build modules: name an nn.Module "
+            f"subclass or one of the factories {', '.join(sorted(FACTORIES))}. Nothing was called")
+
+
+def _model_spec_problem(spec: str, source: str) -> str | None:
+    """None when a model spec read from a file may be called: it must not be a standard-library or built-in callable."""
+    import sys
+
+    try:
+        obj, _ = resolve_callable(spec)
+    except LoadError:
+        return None  # building it will say why it cannot be loaded
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        return None
+    top = (getattr(obj, "__module__", None) or "").split(".")[0]
+    if top in ("builtins", "__main__") or top in sys.stdlib_module_names or not callable(obj):
+        return (f"model {spec!r} in {source} names {type(obj).__name__} {getattr(obj, '__qualname__', obj)!r} of module {top!r}, "
+                "not a model builder; a recipe's model must be a builder such as "
+                f"{DEFAULT_SPEC!r} or an nn.Module subclass. Nothing was called")
+    return None
 
 
 # --------------------------------------------------------------------------- recipe
@@ -335,9 +375,17 @@ class Recipe:
     def model_spec(self, spec: str | None = None, args: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         """The spec and keyword arguments to build: ``spec`` when given (the recipe's ``args``
         then do not apply), else the recipe's ``model`` with its ``args``, else the default model.
-        ``args`` are added on top."""
+        ``args`` are added on top.
+
+        Raises:
+            RecipeError: The recipe's ``model`` is needed and names a standard-library or built-in callable.
+        """
         if spec is not None:
             return spec, dict(args or {})
+        if self.model is not None:
+            problem = _model_spec_problem(self.model, self.source)
+            if problem:
+                raise RecipeError(problem, source=self.source, key="model")
         return self.model or DEFAULT_SPEC, {**self.args, **dict(args or {})}
 
     def apply(self, model: nn.Module, *, check: bool = True) -> RecipeResult:
@@ -392,6 +440,9 @@ class Recipe:
     def _build(self, step: Step) -> nn.Module:
         spec = step.options["module"]
         fn, _ = resolve_callable(spec)
+        problem = _not_a_builder(fn, spec)
+        if problem:
+            raise self._fail(step, problem, "module")
         args = list(step.options.get("args", []))
         kwargs = dict(step.options.get("kwargs", {}))
         try:
@@ -491,9 +542,9 @@ def _parse_step(raw: dict[str, Any], index: int, line: int | None, lines: dict[s
             fn, _ = resolve_callable(opts["module"])
         except LoadError as e:
             raise RecipeError(str(e), source=source, step=index, line=lines.get("module", line), key="module") from e
-        if not callable(fn):
-            raise RecipeError(f"{opts['module']} is a {type(fn).__name__}, not a callable that builds a module",
-                              source=source, step=index, line=lines.get("module", line), key="module")
+        problem = _not_a_builder(fn, opts["module"])
+        if problem:
+            raise RecipeError(problem, source=source, step=index, line=lines.get("module", line), key="module")
     return Step(index, line, action, raw[action], opts, lines)
 
 
@@ -527,8 +578,12 @@ def rebuild(file: str | Path) -> nn.Module:
     spec, args, text, state = payload.get("spec"), payload.get("args"), payload.get("recipe"), payload.get("state_dict")
     if not (isinstance(spec, str) and isinstance(args, dict) and isinstance(text, str) and isinstance(state, dict)):
         raise LoadError(f"{str(path)!r} lacks one of spec, args, recipe, state_dict", file=str(path))
+    problem = _model_spec_problem(spec, str(path))
+    if problem:
+        raise LoadError(problem, file=str(path))
+    recipe = Recipe.parse(text, source=f"{path} (saved recipe)")  # validated (and its modules checked) before anything is built
     model = load_model(spec, args)
-    Recipe.parse(text, source=f"{path} (saved recipe)").apply(model)
+    recipe.apply(model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

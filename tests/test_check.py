@@ -645,8 +645,11 @@ def test_recipe_predictor_on_the_root_is_an_orphan(backbone_name: str) -> None:
     assert_findings(report, [
         ("error", "orphan-module", ("mask_predictor", "roi_heads.mask_predictor"),
          "mask_predictor (MaskRCNNPredictor, 1,053,972 parameters) is registered on MaskRCNN, but MaskRCNN.forward never "
-         "uses it, so it never runs and its parameters never train; it was probably meant for roi_heads.mask_predictor",
-         "model.roi_heads.mask_predictor = model.mask_predictor; del model.mask_predictor"),
+         "uses it, so it never runs and its parameters never train; it was probably meant for roi_heads.mask_predictor; "
+         "moving it there alone would not fit: roi_heads.mask_head produces 256 channels but roi_heads.mask_predictor "
+         "(MaskRCNNPredictor) expects 1024 (in roi_heads.mask_predictor.conv5_mask)",
+         "model.roi_heads.mask_predictor = model.mask_predictor; del model.mask_predictor"
+         "  # and first: model.roi_heads.mask_head = <the new module built to feed it>"),
     ])
 
 

@@ -348,6 +348,7 @@ def test_mismatched_state_not_strict_loads_the_rest(tmp_path: Path) -> None:
         "missing": ["2.bias"],
         "unexpected": ["3.weight"],
         "mismatched": {"0.weight": [[3, 4], [3, 5]]},
+        "notes": [],
     }
 
 

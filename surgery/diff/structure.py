@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import nn
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from surgery.anatomy import Anatomy, anatomy_for
-from surgery.overview import Component, components, count_params
+from surgery.overview import UNINITIALIZED, Component, components, count_params
 
 __all__ = ["Change", "Status", "brief", "merge_order", "module_changes", "slot_changes"]
 
@@ -53,6 +54,8 @@ def brief(module: nn.Module) -> str:
         The description.
     """
     t = type(module).__name__
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        return f"{t} ({UNINITIALIZED})"
     if isinstance(module, nn.modules.conv._ConvNd):
         text = f"{t} {module.in_channels}→{module.out_channels} {_kernel(module.kernel_size)}"
         if _size(module.stride) != "1":
@@ -213,12 +216,16 @@ def slot_changes(before: nn.Module, after: nn.Module) -> list[Change]:
     return out
 
 
+def _shape(t: Any) -> tuple[int, ...] | str:
+    return UNINITIALIZED if isinstance(t, (UninitializedParameter, UninitializedBuffer)) else tuple(t.shape)
+
+
 def _own_key(module: nn.Module, anatomy: Anatomy) -> tuple[Any, ...]:
     return (
         type(module).__qualname__,
         (module.extra_repr(), anatomy.slot_config(module)),
-        tuple((n, tuple(p.shape)) for n, p in module._parameters.items() if p is not None),
-        tuple((n, tuple(b.shape)) for n, b in module._buffers.items() if b is not None),
+        tuple((n, _shape(p)) for n, p in module._parameters.items() if p is not None),
+        tuple((n, _shape(b)) for n, b in module._buffers.items() if b is not None),
         tuple(p.requires_grad for p in module._parameters.values() if p is not None),
     )
 

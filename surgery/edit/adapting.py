@@ -124,10 +124,8 @@ def _slot_content(model: nn.Module, path: str) -> nn.Module | None:
     try:
         return paths.get(model, path)
     except PathError:
-        parent_path, name = paths.parent_of(path)
-        if parent_path == "" or paths.exists(model, parent_path):
-            if paths._is_empty_slot(paths.get(model, parent_path), name):
-                return None
+        if paths.is_empty_slot(model, path):
+            return None
         raise
 
 

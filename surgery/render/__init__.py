@@ -67,19 +67,26 @@ def _observe(model: nn.Module, trace: Any, inputs: Any, depth: int | None) -> Tr
     if trace is False or trace is None:
         return None
     if trace is True or trace == "auto":
-        result = run_trace(model, inputs, mode="eval", batch_size=1, depth=depth, strict=trace is True)
-        return result if any(c.finished for c in result.calls) else None
+        return run_trace(model, inputs, mode="eval", batch_size=1, depth=depth, strict=trace is True)
     raise ValueError(f"trace must be 'auto', True, False, None or a surgery.Trace, got {trace!r}")
 
 
 def _findings_for(model: nn.Module, observed: Trace | None) -> list[Finding]:
-    """What to draw: the static check's findings, then the traced forward's failure, if any."""
-    from surgery.check import check
+    """What to draw: the static check's findings, then the traced forward's failure, if any.
 
-    findings = list(check(model).findings)
-    if observed is not None and observed.failure is not None and len(observed.failure.paths) >= 2:
-        findings.append(observed.failure)
-    return findings
+    The failure counts wherever the forward failed (a head that returns a non-tensor fails
+    later, in code outside any slot), and is dropped when a static finding already names the
+    same fault, as ``check(trace=True)`` drops it, so a fault is listed once.
+    """
+    from surgery.check import check
+    from surgery.findings import Report
+    from surgery.trace.findings import _new_findings
+
+    report = Report()
+    report.extend(check(model).findings)
+    if observed is not None and observed.failure is not None:
+        report.extend(_new_findings([observed.failure], report.findings))
+    return list(report.findings)
 
 
 def render(
@@ -131,8 +138,9 @@ def render(
             raise ValueError(f"depth must be an int >= 1 or None, got {depth!r}")
     if path is not None and Path(path).suffix.lower() not in FORMATS:
         raise ValueError(f"cannot tell the format of {str(path)!r}: the extension must be one of {sorted(FORMATS)}")
-    observed = _observe(model, trace, input, depth if level == "modules" else None)
-    findings = _findings_for(model, observed)
+    ran = _observe(model, trace, input, depth if level == "modules" else None)
+    findings = _findings_for(model, ran)
+    observed = ran if ran is not None and any(c.finished for c in ran.calls) else None  # shapes label the edges only when some call finished
     if level == "components":
         graph = component_graph(model, before, observed, findings)
     else:

@@ -147,8 +147,8 @@ def smoke_test(
 
     Raises:
         NotAModuleError: ``model`` is not an ``nn.Module``.
-        SmokeTestError: The test cannot run: CUDA asked for and absent, the DDP workers could
-            not start, crashed or ran past ``ddp_timeout``.
+        SmokeTestError: The test cannot run: CUDA asked for and absent, or the model cannot be
+            sent to the DDP workers (a crash or timeout there is an error finding of the ddp phase).
         ValueError: An argument is out of range.
     """
     require_module(model, "smoke_test()")
@@ -157,7 +157,7 @@ def smoke_test(
     check_int("steps", steps, 1)
     if isinstance(ddp, bool) or not isinstance(ddp, int) or ddp < 0 or ddp == 1:
         raise ValueError(f"ddp must be 0 (no DDP phase) or a world size >= 2, got {ddp!r}")
-    if not isinstance(ddp_timeout, (int, float)) or ddp_timeout <= 0:
+    if not isinstance(ddp_timeout, (int, float)) or not 0 < ddp_timeout < float("inf"):  # nan and inf too
         raise ValueError(f"ddp_timeout must be a positive number of seconds, got {ddp_timeout!r}")
     dev, device_note = resolve_device(device)
     amp_dtype = resolve_amp(amp, dev)

@@ -20,8 +20,17 @@ each time), use ``gloo`` on CPU and ``nccl`` when there is one GPU per process, 
 with ``TORCH_DISTRIBUTED_DEBUG=INFO`` so that DDP names the parameters that got no gradient
 (``DETAIL`` names them too but crashes DDP's constructor with torch 2.14 on CPU). When DDP
 only lists parameter indices, they are mapped back through ``named_parameters()`` order.
+A model built from a ``.py`` spec file has its classes in a module named after that file
+(``_surgery_spec_...``); each worker imports those files under the same names before it reads
+the model, so such models reach the workers too.
+
 Each writes a JSON result file; the parent waits at most ``timeout`` seconds in all, then
-kills whatever is still running, and always removes the temporary directory.
+kills whatever is still running, and always removes the temporary directory. A worker that
+crashes, or workers that run past the timeout, become an error finding of the phase (the
+earlier phases' results are kept). When one rank fails, the others usually fail after it in
+a collective ("Connection closed by peer"): only the ranks that raised an error of their own
+are reported (by step, then rank), not those follow-on errors. A worker that dies without a
+result ends the wait at once (the others would only wait for it).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from surgery._errors import SmokeTestError
 from surgery._util import first_lines
 from surgery.anatomy import anatomy_for
 from surgery.findings import Finding, Report
+from surgery.loading import import_spec_file, spec_modules
 from surgery.smoke.device import amp_name, amp_note, autocast
 from surgery.smoke.step import LR, raised_finding_text, train_step
 from surgery.synthetic import synthetic_batch
@@ -67,6 +77,9 @@ STEPS = 2
 _NAMES = re.compile(r"Parameters which did not receive grad for rank \d+:\s*([^\n]+)")
 _INDICES = re.compile(r"Parameter indices which did not receive grad for rank \d+:\s*([\d ,]+)")
 _LOG_TAIL = 2000
+#: Errors a rank raises because another rank failed first (its peer went away mid-collective).
+_FOLLOW_ON = re.compile(r"connection closed by peer|connection reset|broken pipe|socket.*(closed|timeout)|"
+                        r"ProcessGroupGloo|gloo|NCCL (error|communicator)|timed out|Timeout|aborted", re.IGNORECASE)
 
 
 @dataclass
@@ -82,6 +95,7 @@ class _Config:
     amp: str | None
     threads: int
     pg_timeout: float
+    spec_modules: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -177,6 +191,9 @@ def _worker(rank: int, cfg: _Config) -> None:
         device = torch.device("cuda", rank) if cfg.cuda else torch.device("cpu")
         if cfg.cuda:
             torch.cuda.set_device(device)
+        for name, file in cfg.spec_modules:  # the .py spec files whose classes the pickled model refers to
+            if name not in sys.modules:
+                import_spec_file(file, name)
         # Our own file, written by the parent a moment ago (see the module docstring).
         model = torch.load(cfg.model_file, weights_only=False, map_location=device)
         model.to(device)
@@ -186,6 +203,8 @@ def _worker(rank: int, cfg: _Config) -> None:
         result["error_type"], result["error"] = type(e).__name__, str(e)
         result["oom"] = isinstance(e, torch.OutOfMemoryError)
     finally:
+        if result["error"] is not None:
+            result.setdefault("failed_at", time.time())
         tmp = os.path.join(cfg.out_dir, f"rank{rank}.json.tmp")
         with open(tmp, "w") as f:
             json.dump(result, f)
@@ -213,6 +232,7 @@ def _run_steps(rank: int, cfg: _Config, model: nn.Module, device: torch.device, 
             result["losses"].append({k: float(v.detach().float()) for k, v in outcome.losses.items()})
         if outcome.error is not None:
             e = outcome.error
+            result["failed_at"] = time.time()
             result["error_type"], result["error"] = type(e).__name__, str(e)
             result["where"], result["oom"], result["step"] = outcome.where, isinstance(e, torch.OutOfMemoryError), step + 1
             return
@@ -298,9 +318,12 @@ def run_ddp(
         A :class:`DDPOutcome`.
 
     Raises:
-        SmokeTestError: The model cannot be pickled, torch.distributed is missing, a worker
-            crashed without a result, or the workers ran past ``timeout``.
+        SmokeTestError: The model cannot be pickled, or torch.distributed is missing. A worker
+            that crashes without a result, or workers that run past ``timeout``, are an error
+            finding of the outcome instead (they are killed), so earlier phases keep their results.
     """
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"ddp_timeout must be a finite number of seconds > 0, got {timeout!r}")
     if not dist.is_available():
         raise SmokeTestError("ddp needs torch.distributed, which this torch build lacks; run with ddp=0")
     fallback = ""
@@ -316,6 +339,8 @@ def run_ddp(
     start = time.perf_counter()
     out_dir = tempfile.mkdtemp(prefix="surgery-ddp-")
     processes: list[Any] = []
+    results: list[dict[str, Any]] = []
+    problem: Finding | None = None
     try:
         model_file = os.path.join(out_dir, "model.pt")
         try:
@@ -328,7 +353,7 @@ def run_ddp(
         cpus = os.cpu_count() or 1
         cfg = _Config(model_file, out_dir, _free_port(), world_size, backend, cuda, batch_size, image_size,
                       amp_name(amp), max(1, cpus // world_size),
-                      max(30.0, timeout / 2))
+                      max(30.0, timeout / 2), spec_modules())
         ctx = multiprocessing.get_context("spawn")
         with _worker_environment():
             for rank in range(world_size):
@@ -337,28 +362,34 @@ def run_ddp(
                 processes.append(p)
         deadline = start + timeout
         pending = {p.sentinel: p for p in processes}
+        crashed: list[int] = []
         while pending:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                tails = "\n".join(f"rank {r}: {_tail(out_dir, r)[-400:]}" for r in range(world_size))
-                raise SmokeTestError(f"the {world_size} DDP workers did not finish within {timeout:g} s and were killed; "
-                                     f"raise ddp_timeout or lower image_size. Last output:\n{tails}")
+                break
             for sentinel in multiprocessing.connection.wait(list(pending), timeout=remaining):
-                pending.pop(sentinel).join()
-        results = []
-        for rank, p in enumerate(processes):
-            path = os.path.join(out_dir, f"rank{rank}.json")
-            if not os.path.exists(path):
-                raise SmokeTestError(f"DDP rank {rank} exited with code {p.exitcode} without a result (crashed or killed). "
-                                     f"Its output:\n{_tail(out_dir, rank)}")
-            with open(path) as f:
-                results.append(json.load(f))
+                done = pending.pop(sentinel)
+                done.join()
+                if not os.path.exists(os.path.join(out_dir, f"rank{processes.index(done)}.json")):
+                    crashed.append(processes.index(done))
+            if crashed:  # a rank died without a result: the others would only wait for it until the timeout
+                pending.clear()
+        _kill(processes)
+        if pending and time.perf_counter() >= deadline:
+            tails = "\n".join(f"rank {r}: {_tail(out_dir, r)[-400:]}" for r in range(world_size))
+            problem = Finding("error", "shape-error", (),
+                              f"the DDP phase did not finish: its {world_size} workers ran past {timeout:g} s and were killed. Last output:\n{tails}",
+                              "raise ddp_timeout (--ddp-timeout) or lower image_size")
+        results, problem = _collect(out_dir, processes, problem, crashed)
     finally:
         _kill(processes)
         shutil.rmtree(out_dir, ignore_errors=True)
     outcome.seconds = time.perf_counter() - start
     outcome.losses = [r["losses"] for r in results]
     report = Report()
+    if problem is not None:
+        report.extend([problem])
+        outcome.raised = first_lines(problem.message, 300)
     for r in results:
         rank = r["rank"]
         for step, losses in enumerate(r["losses"], 1):
@@ -366,8 +397,9 @@ def run_ddp(
                 if not math.isfinite(value):
                     report.extend([Finding("error", "non-finite", (), f"loss {name!r} is {value} on DDP rank {rank}, step {step}", None)])
         report.extend(Finding(f["severity"], f["code"], tuple(f["paths"]), f["message"], f["fix"]) for f in r["findings"])
-        if r["error"] is None:
-            continue
+    failed = _blamed(results)
+    for r in failed:
+        rank = r["rank"]
         names = parse_unused(r["error"], r["param_names"] or trainable)
         said = _first_sentence(r["error"])
         if not outcome.raised:
@@ -386,3 +418,36 @@ def run_ddp(
             report.extend([raised_finding_text(model, r["where"], label, r["error_type"] or "Error", r["error"], bool(r["oom"]))])
     outcome.findings = list(report.findings)
     return outcome
+
+
+def _collect(out_dir: str, processes: list[Any], problem: Finding | None,
+             crashed: list[int]) -> tuple[list[dict[str, Any]], Finding | None]:
+    """The result files the workers wrote, and a finding for the worker that died first without one
+    (``crashed`` lists those in the order they died; unless ``problem`` already says why)."""
+    results = []
+    for rank in [*crashed, *(r for r in range(len(processes)) if r not in crashed)]:
+        p = processes[rank]
+        path = os.path.join(out_dir, f"rank{rank}.json")
+        try:
+            with open(path) as f:
+                results.append(json.load(f))
+        except (OSError, ValueError):
+            if problem is None:
+                problem = Finding("error", "shape-error", (),
+                                  f"the DDP phase did not finish: rank {rank} exited with code {p.exitcode} without a result "
+                                  f"(crashed or killed). Its output:\n{_tail(out_dir, rank)}", None)
+    results.sort(key=lambda r: r["rank"])
+    return results, problem
+
+
+def _blamed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The failed ranks to report: those that raised an error of their own, by step then rank (the
+    follow-on errors of the others, a peer gone mid-collective, are left out); when every error
+    is such a follow-on, the one that happened first."""
+    failed = sorted((r for r in results if r["error"] is not None), key=lambda r: (r.get("failed_at") or math.inf, r["rank"]))
+    if not failed:
+        return []
+    own = sorted((r for r in failed if not _FOLLOW_ON.search(r["error"])), key=lambda r: (r.get("step") or STEPS + 1, r["rank"]))
+    if not own:  # only follow-on errors: the earliest is the best clue
+        return failed[:1]
+    return own
