@@ -15,6 +15,7 @@ from surgery.anatomy import Anatomy, Contract, anatomy_for
 from surgery.anatomy._base import Context
 from surgery.findings import Coverage, Finding, Report
 from surgery.probe import ModelProbe
+from surgery.signature import input_signature
 
 __all__ = ["check"]
 
@@ -148,7 +149,9 @@ def _whole_fixes(model: nn.Module, anatomy: Anatomy, orphans: list[Finding]) -> 
         said = broken[0].message.split("; fix", 1)[0]
         # still one line of valid Python; the comment names the other line the whole change needs
         if other is not None:
-            fix = f"{finding.fix}  # and first: {_paths.expression(other, model)} = <the new module built to feed it>"
+            sig = input_signature(_paths.get(model, source))
+            wanted = f"a module producing {sig}" if sig is not None else "a module producing what it takes"
+            fix = f"{finding.fix}  # and first: {_paths.expression(other, model)} = <{wanted}, such as the head built for it>"
         else:
             fix = f"{finding.fix}  # and fit its neighbours too"
         message = finding.message + f"; moving it there alone would not fit: {said}"

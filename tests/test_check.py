@@ -649,7 +649,7 @@ def test_recipe_predictor_on_the_root_is_an_orphan(backbone_name: str) -> None:
          "moving it there alone would not fit: roi_heads.mask_head produces 256 channels but roi_heads.mask_predictor "
          "(MaskRCNNPredictor) expects 1024 (in roi_heads.mask_predictor.conv5_mask)",
          "model.roi_heads.mask_predictor = model.mask_predictor; del model.mask_predictor"
-         "  # and first: model.roi_heads.mask_head = <the new module built to feed it>"),
+         "  # and first: model.roi_heads.mask_head = <a module producing 1024 ch, such as the head built for it>"),
     ])
 
 

@@ -563,7 +563,7 @@ def test_orphan_fix_proposes_the_whole_change() -> None:
     before = fingerprint(model)
     (orphan,) = [f for f in surgery.check(model).findings if f.code == "orphan-module"]
     assert orphan.fix == ("model.roi_heads.mask_predictor = model.mask_predictor; del model.mask_predictor"
-                          "  # and first: model.roi_heads.mask_head = <the new module built to feed it>")
+                          "  # and first: model.roi_heads.mask_head = <a module producing 1024 ch, such as the head built for it>")
     assert orphan.message.endswith("moving it there alone would not fit: roi_heads.mask_head produces 256 channels but "
                                    "roi_heads.mask_predictor (MaskRCNNPredictor) expects 1024 (in roi_heads.mask_predictor.conv5_mask)")
     assert fingerprint(model) == before

@@ -47,7 +47,7 @@ def test_passing_and_failing_user_tests_show_the_findings(pytester: pytest.Pytes
         ">       assert_smoke(motivating_recipe(), image_size=128)",
         "E       AssertionError: surgery smoke test failed for MaskRCNN on cpu: 2 error(s)",
         "E         error [[]orphan-module] mask_predictor -> roi_heads.mask_predictor: mask_predictor (MaskRCNNPredictor*",
-        "E             fix: model.roi_heads.mask_predictor = model.mask_predictor; del model.mask_predictor",
+        "E             fix: model.roi_heads.mask_predictor = model.mask_predictor; del model.mask_predictor  # and first: *",
         "E         error [[]unused-parameter] mask_predictor: 4 trainable parameter tensor(s)*got no gradient from the train step*",
         "E             fix: call mask_predictor in the forward pass*",
         "E       phases (batch 2 × 128×128):",
