@@ -1,5 +1,6 @@
 # make demo: set everything up and run surgery on the default Mask R-CNN.
-# make test: set everything up and run the whole test suite (slow tests included).
+# make test: set everything up and run the test suite (the exhaustive `slow` sweeps over every
+#            builder run with `make test-slow`; CI runs both, see .ci/run).
 # Re-running is fast: the venv is rebuilt only when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup graphviz chromium demo test test-fast lint bench clean
+.PHONY: setup graphviz chromium demo test test-slow test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,10 +49,13 @@ demo: setup
 	@echo "diagram written to out/maskrcnn.svg"
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
-
-test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check surgery tests
