@@ -161,7 +161,11 @@ def test_every_classification_builder_checks_clean(name: str) -> None:
         report = surgery.check(model)
         assert isinstance(anatomy_for(model), ClassificationAnatomy)
         assert [str(f) for f in report.findings if f.severity == "error"] == []
+        if name not in QUANTIZABLE:  # quantizable ones keep parameter-free ReLUs they never call: warnings
+            assert report.findings == [], str(report)
         assert report.coverage is not None and report.coverage.probe == "ran"
+        comps = surgery.components(model)
+        assert comps and all(c.role for c in comps)
     finally:
         del model
         gc.collect()

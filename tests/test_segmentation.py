@@ -144,5 +144,7 @@ def test_every_segmentation_builder_checks_clean(name: str) -> None:
     assert isinstance(anatomy_for(model), SegmentationAnatomy)
     report = surgery.check(model)
     assert report.errors == [] and report.findings == [], str(report)
+    comps = surgery.components(model)
+    assert comps and all(c.role for c in comps)
     del model
     gc.collect()

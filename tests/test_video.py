@@ -89,6 +89,8 @@ def test_every_video_builder_checks_clean(name: str) -> None:
         assert isinstance(anatomy_for(model), VideoAnatomy)
         assert [str(f) for f in report.findings if f.severity == "error"] == []
         assert report.coverage is not None and report.coverage.probe == "ran"
+        comps = surgery.components(model)
+        assert comps and all(c.role for c in comps)
     finally:
         del model
         gc.collect()
