@@ -83,6 +83,15 @@ def _out(module: nn.Module) -> int | None:
     return sig.size if sig is not None else None
 
 
+def common_width(ctx: Context, path: str = "backbone") -> tuple[int | None, Finding | None]:
+    """The channel count every map of the backbone shares (None when they differ or are
+    unknown), or the ``shape-error`` of a backbone that raised on the probe."""
+    feats = backbone_features(ctx, path)
+    if isinstance(feats, Finding):
+        return None, feats
+    return feats.common_channels(), None
+
+
 def backbone_features(ctx: Context, path: str = "backbone", image_size: int | None = None) -> Features | Finding:
     """The maps ``model.<path>`` produces, statically when it is a stock FPN backbone, else by a meta probe.
 

@@ -19,7 +19,7 @@ from torchvision.models.detection.rpn import RPNHead
 
 from surgery import paths
 from surgery._util import first_line
-from surgery.anatomy._backbone import anchor_maps_findings, backbone_contracts_findings, backbone_features
+from surgery.anatomy._backbone import anchor_maps_findings, backbone_contracts_findings, backbone_features, common_width
 from surgery.anatomy._base import PROBE_BATCH, Context, Contract, Features
 from surgery.anatomy._feed import Flow, feed, finding, looks_like_shape, pool_size
 from surgery.findings import Finding, Severity
@@ -56,13 +56,13 @@ def _feature_flow(ctx: Context, feats: Features) -> list[torch.Tensor]:
 
 
 def _rpn_channels(ctx: Context) -> Iterable[Finding]:
-    feats = _features(ctx)
-    if isinstance(feats, Finding):
-        yield feats
-        return
-    width = feats.common_channels()
+    width, failed = common_width(ctx)
+    if failed is not None:
+        yield failed
     if width is None:
         return
+    feats = _features(ctx)
+    assert isinstance(feats, Features)  # a failed probe gives no common width
     head = ctx.get("rpn.head")
     anchors = _anchors_per_location(ctx)
     fix = f"model.rpn.head = RPNHead({width}, {anchors[0] if anchors else 3})"

@@ -16,6 +16,7 @@ from surgery.anatomy._backbone import (
     anchor_maps_findings,
     backbone_contracts_findings,
     backbone_features,
+    common_width,
 )
 from surgery.anatomy._base import (
     AdaptRule,
@@ -179,11 +180,9 @@ class DenseAnatomy(DetectionAnatomy):
         ]
 
     def _head_inputs(self, ctx: Context) -> Iterable[Finding]:
-        feats = backbone_features(ctx, "backbone")
-        if isinstance(feats, Finding):
-            yield feats
-            return
-        width = feats.common_channels()
+        width, failed = common_width(ctx)
+        if failed is not None:
+            yield failed
         if width is None:
             return
         for path in (CLS, REG):
