@@ -14,17 +14,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from surgery import paths
-from surgery._state import preserved
 from surgery._util import ModuleStack, first_line, tensors_in
 from surgery.anatomy import Anatomy
 from surgery.findings import Finding
-from surgery.signature import Signature, _guard_transposed, _is_probe_limitation, _meta_state, input_signature, rebuild_text
+from surgery.signature import (
+    Signature,
+    _guard_transposed,
+    _is_probe_limitation,
+    _meta_state,
+    input_signature,
+    rebuild_text,
+    run_on_meta,
+)
 
 __all__ = ["ModelProbe", "probe_model"]
 
@@ -215,12 +220,13 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
     watch = _Watch(model)
     guards: list[Any] = []
     slots = [slot.path for slot in anatomy.slots(model)]
-    with preserved(model):
+    flags = [(m, m.training) for m in model.modules()]  # functional_call swaps the weights back itself: only modes move
+    try:
         model.train(train)
         try:
-            with torch.no_grad(), watch:
+            with watch:
                 guards = _guard_transposed(model)
-                output = functional_call(model, state, inputs, {}, tie_weights=False, strict=False)
+                output = run_on_meta(model, state, inputs, {})
         except Exception as e:  # noqa: BLE001 - any failure inside user code becomes a finding or a stop
             where, args = watch.calls[-1] if watch.calls else ("", inputs)
             if _is_probe_limitation(e):
@@ -231,4 +237,7 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
         finally:
             for h in guards:
                 h.remove()
+    finally:
+        for m, flag in flags:
+            m.training = flag
     return ModelProbe("ran", "", described, list(watch.completed), output=output)
