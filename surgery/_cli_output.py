@@ -144,6 +144,6 @@ def diff_progress(command: str) -> Callable[[int, int, str], None]:
         phase = what.split(" (")[0]
         if phase not in seen:
             seen.add(phase)
-            say(command, f"measuring {phase} (step {done + 1} of {total})")
+            say(command, f"measuring {phase} ({done}/{total} steps done)")
 
     return line

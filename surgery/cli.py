@@ -148,15 +148,15 @@ def _say(ns: argparse.Namespace, text: str) -> None:
 
 def _load(ns: argparse.Namespace, *, before: bool = False) -> nn.Module:
     """Build the command's model (or, with ``before``, the model before) from its spec and options."""
-    from surgery.loading import load_model, load_weights
+    from surgery.loading import load_model, load_weights, parse_args
 
     spec, args, weights = ((ns.before, ns.arg_before, ns.weights_before) if before else (ns.spec, ns.arg, ns.weights))
-    option = "--weights-before" if before else "--weights"
-    model = load_model(spec, args)
+    suffix = "-before" if before else ""
+    model = load_model(spec, parse_args(args, f"--arg{suffix}"))
     if weights is not None:
         report = load_weights(model, weights, trust=ns.trust, strict=not ns.no_strict)
         for note in report.notes:
-            print(f"surgery: {option} {weights}: {note}", file=sys.stderr)
+            print(f"surgery: --weights{suffix} {weights}: {note}", file=sys.stderr)
         if not report.clean:
             print(f"surgery: --no-strict: {report}", file=sys.stderr)
     return model

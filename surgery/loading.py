@@ -40,10 +40,14 @@ _DDP_PREFIX = "module."
 SPEC_MODULE_PREFIX = "_surgery_spec_"
 
 
-def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None, option: str = "--arg") -> dict[str, Any]:
     """Turn ``["num_classes=3", "min_size=(320,)"]`` into keyword arguments.
 
     Each value is parsed with ``ast.literal_eval``; a mapping is returned as a copy.
+
+    Args:
+        pairs: ``key=literal`` strings, a mapping, or None.
+        option: The command-line option the pairs came from, named in the error messages.
 
     Raises:
         LoadError: A pair has no ``=`` or its value is not a Python literal.
@@ -57,12 +61,12 @@ def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise LoadError(f"--arg {pair!r} is not key=value; write e.g. --arg num_classes=3", arg=pair)
+            raise LoadError(f"{option} {pair!r} is not key=value; write e.g. {option} num_classes=3", arg=pair)
         try:
             out[key] = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
             raise LoadError(
-                f"--arg {key}={raw!r}: {raw!r} is not a Python literal ({type(e).__name__}); "
+                f"{option} {key}={raw!r}: {raw!r} is not a Python literal ({type(e).__name__}); "
                 f"numbers, None/True/False, tuples and quoted strings work, e.g. {key}='{raw}'",
                 arg=pair,
             ) from e
