@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_int_in(*BATCH_SIZE), default=2, metavar="N", help="images per step (default: 2)")
     p.add_argument("--steps", type=_int_in(*STEPS), default=1, metavar="N", help="train steps (default: 1)")
     p.add_argument("--no-check", action="store_true", help="skip the static check before the passes")
-    _add_format(p, "print one JSON object (the phases go to stderr as they run, as with github and markdown)")
+    _add_format(p, "print one JSON object; the phases go to stderr as they run, as with github and markdown")
 
     p = command("render", "Draw the model's components (or modules) as SVG/PNG/PDF/DOT; exit 1 when a contract is broken.",
                 "  surgery render -o maskrcnn.svg\n"
