@@ -149,6 +149,7 @@ for _module, _names in {
     "surgery.trace": "TensorInfo Trace TraceCall TraceEdge trace",
 }.items():
     _HOMES.update((_name, (_module, _name)) for _name in _names.split())
+del _module, _names
 
 
 def __getattr__(name: str) -> Any:

@@ -137,8 +137,8 @@ def resolve_callable(spec: str) -> tuple[Any, str]:
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise LoadError(
-            f"model spec {spec!r} must be 'pkg.module:callable', 'path/to/file.py:callable' or an existing file "
-            f"written by 'surgery apply -o', e.g. {DEFAULT_SPEC!r}",
+            f"model spec {spec!r} must be 'pkg.module:callable' or 'path/to/file.py:callable' (or an existing file "
+            f"written by 'surgery apply -o'), e.g. {DEFAULT_SPEC!r}",
             spec=spec,
         )
     target, _, attr = spec.rpartition(":")

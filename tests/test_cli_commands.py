@@ -148,8 +148,8 @@ def test_github_leaves_out_files_outside_the_working_tree(workdir: Path, capsys:
     ("tiny_spec:nothing", "file=tiny_spec.py,",
      "surgery: cannot load the model: 'tiny_spec' has no attribute 'nothing' (spec 'tiny_spec:nothing'). It has: Tiny, broken, build, raising."),
     ("syntax.py:build", "file=syntax.py,line=2,", None),
-    ("no_colon_here", "", "surgery: cannot load the model: model spec 'no_colon_here' must be 'pkg.module:callable', "
-                          "'path/to/file.py:callable' or an existing file written by 'surgery apply -o', e.g. "
+    ("no_colon_here", "", "surgery: cannot load the model: model spec 'no_colon_here' must be 'pkg.module:callable' or "
+                          "'path/to/file.py:callable' (or an existing file written by 'surgery apply -o'), e.g. "
                           "'torchvision.models.detection:maskrcnn_resnet50_fpn'"),
 ])
 def test_load_errors_are_annotations(workdir: Path, capsys: pytest.CaptureFixture[str], spec: str, where: str, message: str | None) -> None:
