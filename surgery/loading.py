@@ -19,15 +19,16 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from surgery._errors import LoadError
-from surgery._util import first_line
 
-__all__ = ["DEFAULT_SPEC", "WeightsReport", "import_spec_file", "load_model", "load_weights", "parse_args", "resolve_callable", "spec_modules"]
+if TYPE_CHECKING:  # torch loads when a model is built, so `surgery --help` starts without it
+    import torch
+    from torch import nn
+
+__all__ = ["DEFAULT_SPEC", "WeightsReport", "absolute_spec", "current_folder_on_path", "import_spec_file", "is_saved_file", "load_model",
+           "load_weights", "parse_args", "resolve_callable", "spec_modules", "spec_source"]
 
 #: The model used when no spec is given (built with ``weights=None, weights_backbone=None``).
 DEFAULT_SPEC = "torchvision.models.detection:maskrcnn_resnet50_fpn"
@@ -39,10 +40,14 @@ _DDP_PREFIX = "module."
 SPEC_MODULE_PREFIX = "_surgery_spec_"
 
 
-def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None, option: str = "--arg") -> dict[str, Any]:
     """Turn ``["num_classes=3", "min_size=(320,)"]`` into keyword arguments.
 
     Each value is parsed with ``ast.literal_eval``; a mapping is returned as a copy.
+
+    Args:
+        pairs: ``key=literal`` strings, a mapping, or None.
+        option: The command-line option the pairs came from, named in the error messages.
 
     Raises:
         LoadError: A pair has no ``=`` or its value is not a Python literal.
@@ -56,12 +61,12 @@ def parse_args(pairs: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise LoadError(f"--arg {pair!r} is not key=value; write e.g. --arg num_classes=3", arg=pair)
+            raise LoadError(f"{option} {pair!r} is not key=value; write e.g. {option} num_classes=3", arg=pair)
         try:
             out[key] = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
             raise LoadError(
-                f"--arg {key}={raw!r}: {raw!r} is not a Python literal ({type(e).__name__}); "
+                f"{option} {key}={raw!r}: {raw!r} is not a Python literal ({type(e).__name__}); "
                 f"numbers, None/True/False, tuples and quoted strings work, e.g. {key}='{raw}'",
                 arg=pair,
             ) from e
@@ -132,8 +137,8 @@ def resolve_callable(spec: str) -> tuple[Any, str]:
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise LoadError(
-            f"model spec {spec!r} must be 'pkg.module:callable' or 'path/to/file.py:callable', "
-            f"e.g. {DEFAULT_SPEC!r}",
+            f"model spec {spec!r} must be 'pkg.module:callable' or 'path/to/file.py:callable' (or an existing file "
+            f"written by 'surgery apply -o'), e.g. {DEFAULT_SPEC!r}",
             spec=spec,
         )
     target, _, attr = spec.rpartition(":")
@@ -163,6 +168,74 @@ def resolve_callable(spec: str) -> tuple[Any, str]:
             raise LoadError(f"{target!r} has no attribute {part!r} (spec {spec!r}).{hint}", spec=spec)
         obj = getattr(obj, part)
     return obj, spec
+
+
+def is_saved_file(spec: str) -> bool:
+    """True when ``spec`` names an existing file (no ``:callable``): a result saved by ``surgery apply -o``."""
+    if not isinstance(spec, str) or spec.endswith(".py"):
+        return False
+    try:
+        return Path(spec).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its file made absolute (``models/m.py:build`` -> ``/abs/models/m.py:build``),
+    so that it loads from any folder. Module specs and saved files are returned as they are
+    (a saved file's path is made absolute too)."""
+    if is_saved_file(spec):
+        return str(Path(spec).resolve())
+    target, sep, attr = spec.rpartition(":")
+    if sep and (target.endswith(".py") or "/" in target or "\\" in target):
+        return f"{Path(target).resolve()}:{attr}"
+    return spec
+
+
+def spec_source(spec: str) -> tuple[str, int | None] | None:
+    """Where a spec's callable is defined, found without running anything: ``(file, line)``.
+
+    The file of a ``.py`` spec or the module's source file (found with ``importlib.util.find_spec``,
+    which imports at most its parent packages), and the line of the top-level ``def``, ``class``
+    or assignment of the first name after ``:`` (None when the file has no such line).
+
+    Returns:
+        ``(file, line)``, or None when the spec names no source file (a saved result, a built-in
+        module, a module that cannot be found).
+    """
+    if not isinstance(spec, str) or ":" not in spec or is_saved_file(spec):
+        return None
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        file = Path(target)
+    else:
+        try:
+            found = importlib.util.find_spec(target)
+        except (ImportError, ValueError):
+            return None
+        if found is None or not found.origin or not found.origin.endswith(".py"):
+            return None
+        file = Path(found.origin)
+    try:
+        tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return (str(file), None) if file.is_file() else None
+    name = attr.split(".")[0]
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return str(file), node.lineno
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return str(file), node.lineno
+    return str(file), None
+
+
+def current_folder_on_path() -> None:
+    """Put the current folder first on ``sys.path`` unless it is there already, as ``python -m``
+    does, so that a module ``detector.py`` in it loads as the spec ``detector:build``."""
+    cwd = str(Path.cwd())
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def _builder_kwargs(fn: Any, args: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +313,9 @@ def _refused_globals(error: pickle.UnpicklingError) -> bool:
 
 
 def _read_checkpoint(file: Path, trust: bool) -> Mapping[str, Any]:
+    import torch
+    from torch import nn
+
     try:
         is_file = file.is_file()
     except OSError as e:
@@ -305,6 +381,8 @@ def _strip_prefix(state: Mapping[str, Any], own: Mapping[str, Any], prefix: str 
 
 
 def _dtype_kind(dtype: torch.dtype) -> str:
+    import torch
+
     if dtype == torch.bool:
         return "bool"
     if dtype.is_complex:
@@ -343,6 +421,8 @@ def _class_hint(model: nn.Module, mismatched: Mapping[str, tuple[tuple[int, ...]
 
 def _validate(state: Mapping[str, Any], own: Mapping[str, torch.Tensor], file: str) -> list[str]:
     """What makes tensors of ``state`` impossible to load into ``own`` (meta device, another kind of dtype)."""
+    import torch
+
     problems = []
     for k, v in state.items():
         if k not in own:
@@ -380,6 +460,9 @@ def load_weights(model: nn.Module, file: str | Path, *, trust: bool = False, str
             cannot be loaded (meta device, an integer tensor for a floating one, ...), or
             (``strict``) does not match. The model is then unchanged.
     """
+
+    from surgery._util import first_line
+
     path = Path(file)
     state = _read_checkpoint(path, trust)
     own = model.state_dict()
@@ -425,6 +508,8 @@ def load_model(
     Args:
         spec: ``pkg.module:callable`` or ``path/to/file.py:callable`` (the file is executed);
             None means :data:`DEFAULT_SPEC`. The attribute may also be a built ``nn.Module``.
+            A file written by ``surgery apply -o`` (:meth:`~surgery.Recipe.save`) is a spec too:
+            it is rebuilt with :func:`~surgery.rebuild` (its spec and args are stored in it).
         args: Keyword arguments for the callable, as a mapping or ``["key=literal", ...]``.
         weights: A local state-dict file to load (``torch.load(weights_only=True)``).
         trust: Allow a weights file that holds a pickled whole model.
@@ -436,8 +521,20 @@ def load_model(
     Raises:
         LoadError: Anything went wrong; the message says what was tried and what would work.
     """
+    from torch import nn
+
     spec = spec or DEFAULT_SPEC
     kwargs = parse_args(args)
+    if is_saved_file(spec):
+        from surgery.recipe import rebuild
+
+        if kwargs:
+            raise LoadError(f"{spec!r} is a saved recipe result: it stores its own spec and args; it takes no --arg "
+                            f"(got {', '.join(sorted(kwargs))})", spec=spec)
+        model = rebuild(spec)
+        if weights is not None:
+            load_weights(model, weights, trust=trust, strict=strict)
+        return model
     obj, spec = resolve_callable(spec)
     if isinstance(obj, nn.Module):
         if kwargs:

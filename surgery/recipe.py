@@ -50,7 +50,7 @@ from surgery import paths
 from surgery._errors import LoadError, PathError, SurgeryError
 from surgery.edit import Transaction
 from surgery.findings import Report
-from surgery.loading import DEFAULT_SPEC, load_model, resolve_callable
+from surgery.loading import DEFAULT_SPEC, absolute_spec, is_saved_file, load_model, resolve_callable
 
 __all__ = ["FACTORIES", "FORMAT", "Recipe", "RecipeError", "RecipeResult", "Step", "rebuild"]
 
@@ -457,6 +457,9 @@ class Recipe:
     def save(self, model: nn.Module, file: str | Path, *, spec: str, args: Mapping[str, Any] | None = None) -> Path:
         """Save ``model``'s state dict with this recipe and the spec it was built from.
 
+        The spec is stored with its file made absolute, so the saved file rebuilds (and works as
+        a spec: ``surgery check OUT.pt``) from any folder.
+
         Args:
             model: The model the recipe was applied to.
             file: Where to write (``torch.save``).
@@ -468,17 +471,22 @@ class Recipe:
 
         Raises:
             TypeError: ``args`` holds something other than literals (it could not be loaded with ``weights_only=True``).
+            ValueError: ``spec`` is the saved file ``file`` itself (it could never be rebuilt).
         """
         plain = dict(args or {})
         _require_literal(plain, "args")
+        path = Path(file)
+        stored = absolute_spec(spec)
+        if is_saved_file(stored) and Path(stored) == path.resolve():
+            raise ValueError(f"cannot save to {str(path)!r}: it is the file the model was built from (spec {spec!r}); "
+                             "write the result to another file")
         payload = {
             "format": FORMAT,
-            "spec": spec,
+            "spec": stored,
             "args": plain,
             "recipe": self.text,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         }
-        path = Path(file)
         torch.save(payload, path)
         return path
 

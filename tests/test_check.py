@@ -946,11 +946,12 @@ def test_cli_check_json_on_the_recipe_exits_1_with_both_errors(capsys: pytest.Ca
     ]
 
 
-def test_cli_check_github_format(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_check_github_format(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the annotation names the builder's file relative to the project
     code, out, _ = run_main(capsys, "check", f"{EXAMPLE}:broken_unfixed", "--format", "github", *SMALL)
     assert code == 1
     assert out.splitlines() == [
-        "::error title=channel-mismatch::roi_heads.mask_head produces 1024 channels but roi_heads.mask_predictor "
+        "::error file=examples/deeper_mask_head.py,line=73,title=channel-mismatch::roi_heads.mask_head produces 1024 channels but roi_heads.mask_predictor "
         "(MaskRCNNPredictor) expects 256 (in roi_heads.mask_predictor.conv5_mask) "
         "Fix: model.roi_heads.mask_predictor = MaskRCNNPredictor(1024, 256, 20)",
         "surgery check: 1 error(s), 0 warning(s)",

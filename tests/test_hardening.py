@@ -118,6 +118,21 @@ def _attacks(spec: str, folder: Path) -> list[tuple[list[str], str]]:
         (["inspect", spec, "--arg", "num_classes=" + "(" * 1000], "num_classes"),
         (["render", spec, "-o", str(folder / "x.dot"), "--depth", "3"], "--depth 3"),
         (["render", spec, "-o", str(folder / "x.txt")], "x.txt"),
+        (["render", spec, "-o", str(folder / "x.dot"), "--arg-before", "num_classes=2"], "--arg-before"),
+        (["render", spec, "-o", str(folder / "x.dot"), "--before", spec, "--arg-before", "num_classes"], "--arg-before 'num_classes'"),
+        (["check", spec, "--format", "yaml"], "'yaml'"),
+        (["smoke", spec, "--format", "html"], "'html'"),
+        (["diff", spec, spec, "--arg-before", "num_classes=(("], "--arg-before num_classes"),
+        (["diff", spec, spec, "--weights-before", str(folder)], repr(str(folder))),
+        (["diff", spec, spec, "--weights", str(folder / "missing.pt")], repr(str(folder / "missing.pt"))),
+        (["review", spec, spec, "-o", "/missing-folder/r.html"], "'/missing-folder/r.html'"),
+        (["review", spec, spec, "-o", str(folder / "r.txt")], "r.txt"),
+        (["review", spec, spec, "-o", str(folder)], repr(str(folder))),
+        (["review", spec, spec, "-o", str(folder / "r.html"), "--image-size", "100000"], "'100000'"),
+        (["review", spec, spec, "-o", str(folder / "r.html"), "--recipe", str(folder / "none.toml")], repr(str(folder / "none.toml"))),
+        (["review", spec, spec, "-o", str(folder / "r.html"), "--arg", "num_classes=2", "--arg", "bogus=1"], "bogus"),
+        (["review", "a" * 300 + ".py:build", spec, "-o", str(folder / "r.html")], "a" * 100),
+        (["check", str(recipe)], repr(str(recipe))),
     ]
 
 
@@ -126,8 +141,6 @@ def test_cli_attack_table(spec_file: Path, tmp_path: Path, capsys: pytest.Captur
     for argv, value in _attacks(spec, tmp_path):
         code, out, err = run_cli(argv, capsys)
         assert (code, value in err, "Traceback" not in err + out, out) == (2, True, True, ""), (argv, err)
-        if argv[0] == "render":  # render prints no JSON (it writes a file)
-            continue
         code, out, err = run_cli([*argv, "--json"], capsys)
         body = json.loads(out)
         assert (code, body["ok"], body["findings"], value in body["error"], "Traceback" not in err) == (2, False, [], True, True), argv
