@@ -124,9 +124,11 @@ class OpticalFlowAnatomy(Anatomy):
     # ----------------------------------------------------------------------- inputs
 
     def probe_inputs(self, model: nn.Module, image_size: int) -> tuple[Any, ...] | None:
-        """Two meta images of ``PROBE_BATCH×3×S×S``, with ``S`` a side RAFT accepts (see :meth:`synthetic_batch`)."""
+        """Two meta images of ``PROBE_BATCH×3×S×S``, with ``S`` a side RAFT accepts (see
+        :meth:`synthetic_batch`), and one flow update: every module runs in it, and the next
+        updates repeat the same shapes, so more would only cost time."""
         s = _side(model, image_size)
-        return (meta_like((PROBE_BATCH, 3, s, s)), meta_like((PROBE_BATCH, 3, s, s)))
+        return (meta_like((PROBE_BATCH, 3, s, s)), meta_like((PROBE_BATCH, 3, s, s)), 1)
 
     def synthetic_batch(
         self, model: nn.Module, batch_size: int, image_size: int, generator: torch.Generator, device: torch.device
