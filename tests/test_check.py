@@ -690,7 +690,7 @@ def test_example_script_prints_the_findings(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert out.count("error [orphan-module] mask_predictor -> roi_heads.mask_predictor") == 2
     assert out.count("error [channel-mismatch] roi_heads.mask_head -> roi_heads.mask_predictor") == 2
-    assert "surgery check: examples/deeper_mask_head.py:fixed: ok, no findings (11 checks ran)" in out
+    assert "surgery check: examples/deeper_mask_head.py:fixed: ok, no findings (12 checks ran)" in out
 
 
 # --------------------------------------------------------------------------- featmap-missing on stock and custom backbones
@@ -923,8 +923,8 @@ def test_cli_check_default_model_exits_0(capsys: pytest.CaptureFixture[str]) -> 
     code, out, _ = run_main(capsys, "check")
     assert code == 0
     assert out.strip().splitlines() == [
-        "surgery check: torchvision.models.detection:maskrcnn_resnet50_fpn: ok, no findings (11 checks ran)",
-        "coverage: 11 slots (R-CNN anatomy): 10 by contracts, 0 by the whole-model probe; unchecked: transform; probe skipped: "
+        "surgery check: torchvision.models.detection:maskrcnn_resnet50_fpn: ok, no findings (12 checks ran)",
+        "coverage: 11 slots (R-CNN anatomy): 11 by contracts, 0 by the whole-model probe; every slot checked; probe skipped: "
         "detection post-processing has ops whose output size depends on the data (nonzero, nms), which cannot run on meta; "
         "the contracts probe each slot instead",
     ]
@@ -961,7 +961,7 @@ def test_cli_check_github_format(capsys: pytest.CaptureFixture[str], monkeypatch
 def test_cli_check_fixed_example_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "check", f"{EXAMPLE}:fixed", *SMALL)
     assert code == 0
-    assert out.strip().splitlines()[0].endswith(":fixed: ok, no findings (11 checks ran)")
+    assert out.strip().splitlines()[0].endswith(":fixed: ok, no findings (12 checks ran)")
 
 
 @pytest.mark.parametrize(

@@ -589,3 +589,13 @@ def test_emit_writes_to_the_real_stdout_while_user_code_prints_to_stderr(spec_fi
     code, out, err = run_cli(["check", f"{spec_file}:build", "--format", "json"], capsys)
     assert code == 0 and json.loads(out)["ok"] is True
     assert "printed while building" in err
+
+
+@pytest.mark.parametrize("replacement", [nn.Linear(2, 2), nn.Identity()], ids=["linear", "identity"])
+def test_a_transform_that_is_no_transform_is_refused(replacement: nn.Module) -> None:
+    model = build("fasterrcnn_mobilenet_v3_large_320_fpn")
+    old = model.transform
+    before = fingerprint(model)
+    with pytest.raises(surgery.IncompatibleError, match=r"error \[shape-error\] transform: transform \((Linear|Identity)\) "):
+        surgery.replace(model, "transform", replacement)
+    assert model.transform is old and fingerprint(model) == before

@@ -123,8 +123,8 @@ def test_detection_coverage_names_the_slots_no_contract_covers(shared: Any) -> N
     report = surgery.check(model)
     cov = report.coverage
     assert cov is not None and cov.probe == "skipped" and cov.family == "R-CNN"
-    assert cov.unchecked == ["transform"]
-    assert set(cov.by("contracts")) == {s.path for s in anatomy_for(model).slots(model)} - {"transform"}
+    assert cov.unchecked == []
+    assert set(cov.by("contracts")) == {s.path for s in anatomy_for(model).slots(model)}
 
 
 def test_coverage_in_json(capsys: pytest.CaptureFixture[str]) -> None:

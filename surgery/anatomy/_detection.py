@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from surgery import paths
+from surgery._util import first_line
 from surgery.anatomy._backbone import config_text
-from surgery.anatomy._base import PROBE_BATCH, Anatomy, SyntheticBatch
+from surgery.anatomy._base import PROBE_BATCH, Anatomy, Context, Contract, SyntheticBatch
 from surgery.findings import Finding
 from surgery.signature import meta_like
 
@@ -92,6 +93,38 @@ def synthetic_targets(
     return out
 
 
+TRANSFORM_CONTRACT = "transform: images → batched ImageList"
+
+
+def _transform_findings(ctx: Context) -> Iterator[Finding]:
+    """The transform must take a list of ``3×H×W`` images (and targets) and return
+    ``(ImageList, targets)``, as ``GeneralizedRCNNTransform`` does: the backbone reads
+    ``.tensors`` and the heads read ``.image_sizes``."""
+    transform = ctx.get("transform")
+    size = ctx.probe_image_size
+    probe = ctx.probe_with("transform", "images", [meta_like((3, size, size)) for _ in range(PROBE_BATCH)])
+    if probe.inconclusive:
+        return
+    fix = "model.transform = GeneralizedRCNNTransform(min_size, max_size, image_mean, image_std)  # as the builder made it"
+    kind = type(transform).__name__
+    if not probe.ok:
+        yield Finding("error", "shape-error", ("transform",),
+                      f"transform ({kind}) must take a list of 3×H×W images (and targets) and return (ImageList, targets), "
+                      f"but it raised {type(probe.error).__name__} on {PROBE_BATCH} images of 3×{size}×{size}: {first_line(probe.error)}",
+                      fix)
+        return
+    out = probe.output
+    images = out[0] if isinstance(out, (tuple, list)) and out else None
+    batch = getattr(images, "tensors", None)
+    sizes = getattr(images, "image_sizes", None)
+    if not (isinstance(batch, Tensor) and batch.dim() == 4 and isinstance(sizes, list) and len(sizes) == PROBE_BATCH):
+        got = type(out).__name__ if images is None else f"({type(images).__name__}, ...)"
+        yield Finding("error", "shape-error", ("transform",),
+                      f"transform ({kind}) returned {got} for {PROBE_BATCH} images; the model expects (ImageList, targets): "
+                      "a batched N×3×H×W tensor in .tensors and one (H, W) per image in .image_sizes",
+                      fix)
+
+
 def _tdesc(t: object) -> str:
     if isinstance(t, Tensor):
         return f"{str(t.dtype).removeprefix('torch.')} of shape {tuple(t.shape)}"
@@ -108,6 +141,11 @@ class DetectionAnatomy(Anatomy):
     #: Slot whose outputs decide the labels and scores (for out-of-range labels), and the boxes.
     class_slot: str = "head.classification_head"
     box_slot: str = "head.regression_head"
+
+    def contracts(self, model: nn.Module) -> list[Contract]:
+        """The layer check, the transform check every detection family shares, then the family's own."""
+        base = super().contracts(model)
+        return [*base[:1], Contract(TRANSFORM_CONTRACT, ("transform",), _transform_findings), *base[1:]]
 
     # ----------------------------------------------------------------------- what subclasses add
 
