@@ -101,6 +101,8 @@ def _transform_findings(ctx: Context) -> Iterator[Finding]:
     ``(ImageList, targets)``, as ``GeneralizedRCNNTransform`` does: the backbone reads
     ``.tensors`` and the heads read ``.image_sizes``."""
     transform = ctx.get("transform")
+    if type(transform) is GeneralizedRCNNTransform:
+        return  # torchvision's own transform does this by construction; only a replacement needs the probe
     size = ctx.probe_image_size
     probe = ctx.probe_with("transform", "images", [meta_like((3, size, size)) for _ in range(PROBE_BATCH)])
     if probe.inconclusive:
