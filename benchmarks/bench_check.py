@@ -16,13 +16,12 @@ in one run, on the CPU, with models built offline (``weights=None``):
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
+from _timing import median, seconds  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
@@ -52,16 +51,6 @@ def build(name: str) -> nn.Module:
     model.transform.min_size = (SIZE,)
     model.transform.max_size = SIZE
     return model.eval()
-
-
-def seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def median(fn: Callable[[], object], repeats: int) -> float:
-    return statistics.median(seconds(fn) for _ in range(repeats))
 
 
 def clear_caches() -> None:

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable
 
 import torch
 import torchvision
+from _timing import median  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import nn
 
 import surgery
@@ -53,16 +52,6 @@ def build(name: str) -> nn.Module:
     return model.eval()
 
 
-def median(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per median (default: 3)")
@@ -83,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         side = DETECTION_SIZE if anatomy.takes_targets else args.size
         images, _ = surgery.synthetic_batch(model, batch_size=1, image_size=side, anatomy=anatomy)
         with torch.no_grad():
-            forward = median(lambda: anatomy.call(model, images, None, train=False), args.repeats)  # noqa: B023
-        check = median(lambda: surgery.check(model, probe_image_size=side), args.repeats)  # noqa: B023
+            forward = median(lambda: anatomy.call(model, images, None, train=False), args.repeats, warm_up=True)  # noqa: B023
+        check = median(lambda: surgery.check(model, probe_image_size=side), args.repeats, warm_up=True)  # noqa: B023
         ratios.append(check / forward)
         print(f"{family:<22} {name:<24} {forward:>8.3f}s {check:>8.3f}s {check / forward:>7.3f}")
     mean = statistics.mean(ratios)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
+from _timing import median  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import nn
 
 from surgery.anatomy import anatomy_for
@@ -54,16 +54,6 @@ def real_inputs(meta_inputs: tuple[object, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.rand(*t.shape, generator=gen) for t in meta_inputs if isinstance(t, torch.Tensor))
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Print one row per model and the mean ratio; exit 1 when a probe did not run end to end."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 return m(*x)
 
         probe = probe_model(model, anatomy)
-        probe_s = median_seconds(lambda m=model, a=anatomy: probe_model(m, a), args.repeats)
-        forward_s = median_seconds(forward, args.repeats)
+        probe_s = median(lambda m=model, a=anatomy: probe_model(m, a), args.repeats, warm_up=True)
+        forward_s = median(forward, args.repeats, warm_up=True)
         ratio = probe_s / forward_s
         ratios.append(ratio)
         if anatomy.knows_model:

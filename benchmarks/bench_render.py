@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torchvision
+from _timing import median, seconds  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
@@ -36,16 +34,6 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 import surgery
 
 TARGETS = {"components": 0.5, "modules, full depth": 3.0}
-
-
-def seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def median_of(fn: Callable[[], object], repeats: int) -> float:
-    return statistics.median(seconds(fn) for _ in range(repeats))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,20 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     trace = surgery.trace(model, mode="eval", batch_size=1)
 
     rows: list[tuple[str, float, float | None]] = [("trace (one eval forward, hooks on)", t_trace, None)]
-    rows.append(("components (trace given)", median_of(lambda: surgery.render(model, out, trace=trace), args.repeats),
+    rows.append(("components (trace given)", median(lambda: surgery.render(model, out, trace=trace), args.repeats),
                  TARGETS["components"]))
-    rows.append(("components, static (trace=False)", median_of(lambda: surgery.render(model, out, trace=False), args.repeats), None))
+    rows.append(("components, static (trace=False)", median(lambda: surgery.render(model, out, trace=False), args.repeats), None))
     rows.append((f"modules, full depth, {n_modules} modules (trace given)",
-                 median_of(lambda: surgery.render(model, out, level="modules", trace=trace), args.repeats), TARGETS["modules, full depth"]))
+                 median(lambda: surgery.render(model, out, level="modules", trace=trace), args.repeats), TARGETS["modules, full depth"]))
     rows.append((f"modules, full depth, {n_modules} modules, static",
-                 median_of(lambda: surgery.render(model, out, level="modules", trace=False), args.repeats), None))
+                 median(lambda: surgery.render(model, out, level="modules", trace=False), args.repeats), None))
     rows.append(("default render(model, 'x.svg'): trace + components", seconds(lambda: surgery.render(model, out)), None))
 
     big: nn.Module = MaskRCNN(resnet_fpn_backbone(backbone_name="resnet101", weights=None, trainable_layers=5), 91)
     n_big = sum(1 for _ in big.modules())
     big_trace = surgery.trace(big, mode="eval", batch_size=1)
     rows.append((f"modules, full depth, ResNet-101 Mask R-CNN, {n_big} modules (trace given)",
-                 median_of(lambda: surgery.render(big, out, level="modules", trace=big_trace), args.repeats), TARGETS["modules, full depth"]))
+                 median(lambda: surgery.render(big, out, level="modules", trace=big_trace), args.repeats), TARGETS["modules, full depth"]))
 
     width = max(len(r[0]) for r in rows)
     print(f"surgery.render on MaskRCNN (maskrcnn_resnet50_fpn, CPU, {torch.get_num_threads()} threads, SVG via dot)")
