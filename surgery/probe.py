@@ -217,27 +217,62 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
         return ModelProbe("skipped", "the model has lazy modules that are still uninitialized (their shapes come with the first forward)")
     described = _describe(inputs)
     state = _meta_state(model)
-    watch = _Watch(model)
-    guards: list[Any] = []
     slots = [slot.path for slot in anatomy.slots(model)]
     flags = [(m, m.training) for m in model.modules()]  # functional_call swaps the weights back itself: only modes move
     try:
         model.train(train)
+        # First with hooks on the slots alone (which of them ran is the coverage); a healthy
+        # model needs no more. A failure is run again under the full watch, which names who
+        # produced what the failing module received.
+        ran = _SlotsRan(model, slots)
+        try:
+            with ran:
+                output = _run(model, state, inputs)
+            return ModelProbe("ran", "", described, ran.completed, output=output)
+        except Exception as e:  # noqa: BLE001 - any failure inside user code becomes a finding or a stop
+            if _is_probe_limitation(e):
+                where = ran.innermost() or ""
+                return ModelProbe("stopped", f"{where or '<model>'} ran an op that cannot run on meta ({first_line(e)[:80]})",
+                                  described, ran.completed)
+        watch = _Watch(model)
         try:
             with watch:
-                guards = _guard_transposed(model)
-                output = run_on_meta(model, state, inputs, {})
-        except Exception as e:  # noqa: BLE001 - any failure inside user code becomes a finding or a stop
+                _run(model, state, inputs)
+        except Exception as e:  # noqa: BLE001 - the same failure, now watched
             where, args = watch.calls[-1] if watch.calls else ("", inputs)
-            if _is_probe_limitation(e):
-                return ModelProbe("stopped", f"{where or '<model>'} ran an op that cannot run on meta ({first_line(e)[:80]})",
-                                  described, list(watch.completed))
             return ModelProbe("raised", f"{where or '<model>'} raised {type(e).__name__}", described, list(watch.completed),
                               _finding(model, watch, where, args, e, slots), raised_in=where)
-        finally:
-            for h in guards:
-                h.remove()
+        return ModelProbe("ran", "", described, list(watch.completed))  # raised once, not twice: report what ran
     finally:
         for m, flag in flags:
             m.training = flag
-    return ModelProbe("ran", "", described, list(watch.completed), output=output)
+
+
+def _run(model: nn.Module, state: dict[str, Tensor], inputs: tuple[Any, ...]) -> Any:
+    """One meta forward with the transposed-conv input checks the meta kernel lacks."""
+    guards = _guard_transposed(model)
+    try:
+        return run_on_meta(model, state, inputs, {})
+    finally:
+        for h in guards:
+            h.remove()
+
+
+class _SlotsRan(ModuleStack):
+    """The module stack over the slots only: which slots completed, and which was running."""
+
+    def __init__(self, model: nn.Module, slots: Sequence[str]) -> None:
+        super().__init__(model)
+        self.slots = [model.get_submodule(p) for p in slots if p]
+        self.completed: list[str] = []
+
+    def __enter__(self) -> _SlotsRan:
+        self.stack.clear()
+        for m in self.slots:
+            self.handles.append(m.register_forward_pre_hook(self._push))
+            self.handles.append(m.register_forward_hook(self._pop))
+        return self
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        super()._pop(module, args, output)
+        self.completed.append(self.path(module))
