@@ -310,13 +310,24 @@ def test_inspect_diff_and_render_show_anchors_and_poolers() -> None:
 # --------------------------------------------------------------------------- every builder × every family
 
 
+#: Classifiers a detector cannot use as they are: ViT and MaxViT take one fixed image size,
+#: Inception's aux head rejects small maps, SqueezeNet and AlexNet make no strided maps.
+NO_MAPS = ("vit_", "maxvit", "inception", "squeezenet", "alexnet")
+
+
 def _classifiers() -> list[str]:
     names = sorted(torchvision.models.list_models(module=torchvision.models))
-    return [n for n in names if not n.startswith(("vit_", "maxvit", "inception", "googlenet", "squeezenet", "shufflenet", "mnasnet",
-                                                  "alexnet"))]
+    return [n for n in names if not n.startswith(NO_MAPS)]
+
+
+@pytest.mark.parametrize("source", ["vit_b_16", "maxvit_t", "inception_v3", "squeezenet1_0", "alexnet"])
+def test_a_classifier_without_usable_maps_is_a_clear_error(source: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{source} (raised on a 2×3×256×320 image batch|produces no feature maps)"):
+        surgery.detection_backbone(source, layers=2, out_channels=64)
 
 
 FAMILIES = {
+    "fasterrcnn_resnet50_fpn": RCNN_FAST,
     "maskrcnn_resnet50_fpn": RCNN_FAST,
     "keypointrcnn_resnet50_fpn": RCNN_FAST,
     "retinanet_resnet50_fpn": DENSE_FAST,
