@@ -4,8 +4,9 @@ Run it with ``python benchmarks/bench_families.py``. On the CPU, with models bui
 (``weights=None``), in eval mode:
 
 * forward: one real forward under ``torch.no_grad()`` of one input the family takes (an image
-  of ``--size``, a 16-frame clip for video, 320×320 for detection with the transform's sizes
-  set to 320), median of ``--repeats`` runs after one warm-up;
+  of ``--size``, a 16-frame clip for video, two frames for optical flow, 320×320 for
+  detection with the transform's sizes set to 320), median of ``--repeats`` runs after one
+  warm-up;
 * check: the median of ``--repeats`` warm ``surgery.check`` runs (``probe_image_size`` = the
   same side);
 * ratio: check / forward; the last line gives the mean ratio over the families (goal ≤ 0.05).
@@ -30,6 +31,8 @@ from surgery.anatomy import anatomy_for
 MODELS = (
     ("classification", "resnet50"),
     ("video classification", "r3d_18"),
+    ("segmentation", "fcn_resnet50"),
+    ("optical flow", "raft_small"),
     ("R-CNN", "maskrcnn_resnet50_fpn"),
     ("RetinaNet", "retinanet_resnet50_fpn"),
     ("FCOS", "fcos_resnet50_fpn"),
@@ -42,7 +45,7 @@ def build(name: str) -> nn.Module:
     """The model with no weights, in eval mode (detection transforms sized to 320)."""
     fn = torchvision.models.get_model_builder(name)
     kwargs = {"weights": None}
-    if name in torchvision.models.list_models(module=torchvision.models.detection):
+    if name in torchvision.models.list_models(module=torchvision.models.detection) or name.startswith("fcn_"):
         kwargs["weights_backbone"] = None
     model = fn(**kwargs)
     transform = getattr(model, "transform", None)
