@@ -16,7 +16,8 @@ from detector import build_model, build_stock_model
 
 
 def main(path: str = "review.html") -> int:
-    result = surgery.review(build_stock_model(), build_model(), path, title="detector: WideMaskHead in Mask R-CNN", image_size=128)
+    title = "detector: WideMaskHead in Mask R-CNN"
+    result = surgery.review(build_stock_model(), build_model(), path, title=title, image_size=128)
     print(result)
     return 0 if result.ok else 1
 
