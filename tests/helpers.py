@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -85,3 +86,16 @@ def small_images(model: nn.Module, size: int = 256) -> Iterator[nn.Module]:
         yield model
     finally:
         transform.min_size, transform.max_size = old
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``surgery ARGV`` run in this process (argparse's refusals
+    exit through SystemExit, whose code is returned)."""
+    from surgery.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else -1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgery.cli import main
+from tests.helpers import run_cli
 
 SCRIPT = Path(sys.executable).with_name("surgery")
 
@@ -71,15 +71,6 @@ def stock_predictor():
     return model
 '''
 
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of ``surgery ARGV`` run in this process."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else -1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

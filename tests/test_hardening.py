@@ -29,10 +29,9 @@ import surgery
 from surgery import paths
 from surgery._errors import IncompatibleError, LoadError, PathError
 from surgery._state import preserved
-from surgery.cli import main
 from surgery.loading import load_weights
 from surgery.recipe import Recipe, RecipeError, rebuild
-from tests.helpers import build, fingerprint, state_bytes
+from tests.helpers import build, fingerprint, run_cli, state_bytes
 
 SPEC_SOURCE = '''
 import sys
@@ -70,15 +69,6 @@ def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     file.write_text(SPEC_SOURCE)
     return file
 
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of ``surgery ARGV`` (argparse's refusals exit through SystemExit)."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else -1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --------------------------------------------------------------------------- the CLI attack table
