@@ -24,7 +24,7 @@ from torch import nn
 from surgery._errors import PathError
 from surgery._util import require_module
 
-__all__ = ["get", "set", "delete", "exists", "is_empty_slot", "iter_paths", "split", "join", "parent_of", "expression"]
+__all__ = ["get", "find", "set", "delete", "exists", "is_empty_slot", "iter_paths", "split", "join", "parent_of", "expression"]
 
 _INDEXED = (nn.Sequential, nn.ModuleList)
 _MAX_SUGGESTIONS = 3
@@ -233,13 +233,25 @@ def get(model: nn.Module, path: str) -> nn.Module:
     return child
 
 
+def find(model: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path``, or None when there is none (no error, nothing created).
+
+    Args:
+        model: The root module.
+        path: Dotted path, as for :func:`get`.
+
+    Returns:
+        The submodule, or None when a segment does not exist or the slot is empty.
+    """
+    try:
+        return get(model, path)
+    except PathError:
+        return None
+
+
 def exists(model: nn.Module, path: str) -> bool:
     """True when ``path`` names a submodule (an empty ``None`` slot does not count)."""
-    try:
-        get(model, path)
-    except PathError:
-        return False
-    return True
+    return find(model, path) is not None
 
 
 def set(model: nn.Module, path: str, module: nn.Module) -> nn.Module | None:  # noqa: A001 - mirrors get/set

@@ -364,23 +364,18 @@ class DetectionAnatomy(Anatomy):
     # ----------------------------------------------------------------------- drawing
 
     def flow_label(self, model: nn.Module, src: str, dst: str) -> str | None:
-        if _is_anchor_generator(_get(model, src)):
+        if _is_anchor_generator(paths.find(model, src)):
             return "anchors"
         return None
 
     def carries_features(self, model: nn.Module, path: str) -> bool:
-        return not _is_anchor_generator(_get(model, path))
+        return not _is_anchor_generator(paths.find(model, path))
 
     def slot_config(self, module: nn.Module) -> str | None:
         """Anchor sizes and ratios per level, or a pooler's maps, output size and sampling ratio."""
         return config_text(module)
 
 
-def _get(model: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return paths.get(model, path)
-    except AttributeError:
-        return None
 
 
 def _is_anchor_generator(module: nn.Module | None) -> bool:

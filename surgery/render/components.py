@@ -48,7 +48,7 @@ def _static_label(
 ) -> str:
     """What flows along a static edge: channels from the producer's output signature, or
     what kind of thing flows when it is not a feature map (the anatomy says)."""
-    producer = _get(model, src)
+    producer = _paths.find(model, src)
     kind = anatomy.flow_label(model, src, dst)
     if kind is not None:
         return kind
@@ -74,11 +74,6 @@ def _static_label(
     return ""
 
 
-def _get(model: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return _paths.get(model, path)
-    except AttributeError:
-        return None
 
 
 def _owner(path: str, node_paths: Sequence[str], consumer: str | None = None, flow: Sequence[tuple[str, str]] = ()) -> str | None:
@@ -160,11 +155,11 @@ def component_graph(model: nn.Module, before: nn.Module | None, observed: Trace 
     for path in order:
         parent = anatomy.cluster_of(path)
         if parent is not None and parent not in cluster_ids:
-            module = _get(model, parent) or (_get(before, parent) if before is not None else None)
+            module = _paths.find(model, parent) or (_paths.find(before, parent) if before is not None else None)
             type_name = type(module).__name__ if module is not None else "?"
             status: Status | None = None
             if before is not None:
-                in_new, in_old = _get(model, parent) is not None, _get(before, parent) is not None
+                in_new, in_old = _paths.find(model, parent) is not None, _paths.find(before, parent) is not None
                 status = "added" if not in_old else "removed" if not in_new else None
             cluster_ids[parent] = Cluster(f"cluster_{parent}", parent, f"{parent} · {type_name}", None, status)
 
@@ -231,7 +226,7 @@ def _apply_findings(
             continue
         if f.code == "orphan-module":
             orphan = f.paths[0]
-            if orphan not in node_paths and _get(model, orphan) is not None:
+            if orphan not in node_paths and _paths.find(model, orphan) is not None:
                 module = _paths.get(model, orphan)
                 total, trainable = count_params(module)
                 nodes.append(
@@ -266,7 +261,7 @@ def _apply_findings(
 
 def _broken_label(label: str, finding: Finding, model: nn.Module) -> str:
     """The label of an edge a finding is drawn on: what flows, then what the consumer expects."""
-    consumer = _get(model, finding.paths[1]) if len(finding.paths) > 1 else None
+    consumer = _paths.find(model, finding.paths[1]) if len(finding.paths) > 1 else None
     if finding.code == "channel-mismatch" and consumer is not None:
         from surgery.signature import input_signature
 
