@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
-from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from surgery import paths
 from surgery._util import ModuleStack, first_line, tensors_in
 from surgery.anatomy import Anatomy
 from surgery.findings import Finding
 from surgery.signature import (
+    MetaState,
     Signature,
     _guard_transposed,
     _is_probe_limitation,
@@ -213,14 +213,17 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
     inputs = anatomy.probe_inputs(model, image_size)
     if inputs is None:
         return ModelProbe("skipped", "no input could be inferred: the model has no Conv, Linear or Embedding layer to read one from")
-    if any(isinstance(t, (UninitializedParameter, UninitializedBuffer)) for t in [*model.parameters(), *model.buffers()]):
+    state = _meta_state(model)
+    if state.lazy:
         return ModelProbe("skipped", "the model has lazy modules that are still uninitialized (their shapes come with the first forward)")
     described = _describe(inputs)
-    state = _meta_state(model)
     slots = [slot.path for slot in anatomy.slots(model)]
-    flags = [(m, m.training) for m in model.modules()]  # functional_call swaps the weights back itself: only modes move
+    # the weights are swapped back by the state itself: only the modes move, and only when one differs
+    flags = [(m, m.training) for m in model.modules()]
+    moved = any(flag != train for _, flag in flags)
     try:
-        model.train(train)
+        if moved:
+            model.train(train)
         # First with hooks on the slots alone (which of them ran is the coverage); a healthy
         # model needs no more. A failure is run again under the full watch, which names who
         # produced what the failing module received.
@@ -244,11 +247,12 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
                               _finding(model, watch, where, args, e, slots), raised_in=where)
         return ModelProbe("ran", "", described, list(watch.completed))  # raised once, not twice: report what ran
     finally:
-        for m, flag in flags:
-            m.training = flag
+        if moved:
+            for m, flag in flags:
+                m.training = flag
 
 
-def _run(model: nn.Module, state: dict[str, Tensor], inputs: tuple[Any, ...]) -> Any:
+def _run(model: nn.Module, state: MetaState, inputs: tuple[Any, ...]) -> Any:
     """One meta forward with the transposed-conv input checks the meta kernel lacks."""
     guards = _guard_transposed(model)
     try:

@@ -4,8 +4,8 @@ Two sources, used together by :mod:`surgery.check`:
 
 * a *static* reading of the first and last Conv / ConvTranspose / Linear / BatchNorm layer
   (registration order), which needs no input at all;
-* a *meta-device probe*, which runs the module on ``torch.device("meta")`` tensors through
-  ``torch.func.functional_call`` with meta stand-ins for every parameter and buffer. No
+* a *meta-device probe*, which runs the module on ``torch.device("meta")`` tensors with meta
+  stand-ins for every parameter and buffer put in place for the call only (:class:`MetaState`). No
   weights are allocated, nothing of the model changes, and the real output shapes (or the
   exception and the submodule that raised it) come back.
 """
@@ -402,13 +402,60 @@ class ProbeResult:
         return self.error is None
 
 
-def _meta_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        state[name] = torch.empty_like(p, device="meta")
-    for name, b in module.named_buffers(remove_duplicate=False):
-        state[name] = torch.empty_like(b, device="meta")
-    return state
+class MetaState:
+    """Meta stand-ins for every parameter and buffer of a module, put in place for a call only.
+
+    The stand-ins are written straight into each submodule's ``_parameters`` / ``_buffers``
+    and the originals written back afterwards, which costs a dictionary store per tensor
+    (``torch.func.functional_call`` resolves every dotted name on each call, most of a
+    small probe's time). A model holding TorchScript modules, whose stores are not plain
+    dictionaries, goes through ``functional_call`` instead.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
+        self.entries: list[tuple[dict[str, Any], str, torch.Tensor, torch.Tensor]] = []
+        self.named: dict[str, torch.Tensor] = {}
+        #: True when a parameter or buffer is lazy and still uninitialised (its shape comes with the first forward)
+        self.lazy = False
+        if self.scripted:
+            for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+                self.named[name] = torch.empty_like(t, device="meta")
+            return
+        for m in module.modules():
+            for store in (m._parameters, m._buffers):
+                for key, t in store.items():
+                    if t is not None:
+                        if isinstance(t, (UninitializedParameter, UninitializedBuffer)):
+                            self.lazy = True  # no stand-in: callers must not run the module
+                            continue
+                        self.entries.append((store, key, t, _meta_twin(t)))
+
+    def call(self, args: Any, kwargs: Any) -> Any:
+        """``module(*args, **kwargs)`` with the stand-ins in place; the originals are back afterwards."""
+        if self.scripted:
+            return functional_call(self.module, self.named, args, kwargs, tie_weights=False, strict=False)
+        entries = self.entries
+        for store, key, _, meta in entries:
+            store[key] = meta
+        try:
+            return self.module(*args, **kwargs)
+        finally:
+            for store, key, original, _ in entries:
+                store[key] = original
+
+
+def _meta_twin(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialised meta tensor like ``t`` (``torch.empty`` is a fast path; subclasses and
+    lazy tensors keep ``empty_like``'s own handling)."""
+    if type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided:
+        return torch.empty(t.shape, dtype=t.dtype, device="meta")
+    return torch.empty_like(t, device="meta")
+
+
+def _meta_state(module: nn.Module) -> MetaState:
+    return MetaState(module)
 
 
 def _is_probe_limitation(error: BaseException) -> bool:
@@ -426,7 +473,7 @@ def meta_probe(module: nn.Module, *args: Any, **kwargs: Any) -> ProbeResult:
     """Run ``module`` on meta tensors and report the output or where it raised.
 
     Parameters and buffers are swapped for meta stand-ins only for the duration of the call
-    (``torch.func.functional_call``), so the module is left exactly as it was.
+    (:class:`MetaState`), so the module is left exactly as it was.
 
     Args:
         module: The module to run.
@@ -437,6 +484,9 @@ def meta_probe(module: nn.Module, *args: Any, **kwargs: Any) -> ProbeResult:
         A :class:`ProbeResult`.
     """
     state = _meta_state(module)
+    if state.lazy:
+        lazy = ValueError(f"{type(module).__name__} has lazy modules that are still uninitialized; their shapes come with the first real forward")
+        return ProbeResult(error=lazy, inconclusive=True)
     guards = _guard_transposed(module)
     try:
         out = run_on_meta(module, state, args, kwargs)
@@ -473,11 +523,11 @@ class _MetaShortcuts(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def run_on_meta(module: nn.Module, state: dict[str, torch.Tensor], args: Any, kwargs: Any) -> Any:
+def run_on_meta(module: nn.Module, state: MetaState, args: Any, kwargs: Any) -> Any:
     """``module(*args, **kwargs)`` with its parameters and buffers swapped for ``state`` (meta
     stand-ins) for the call only, without autograd and with the meta shortcuts."""
     with torch.no_grad(), _MetaShortcuts():
-        return functional_call(module, state, args, kwargs, tie_weights=False, strict=False)
+        return state.call(args, kwargs)
 
 
 def _check_transposed_input(m: nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -503,7 +553,7 @@ def _guard_transposed(module: nn.Module) -> list[Any]:
     return [m.register_forward_pre_hook(_check_transposed_input) for m in module.modules() if isinstance(m, _TRANSPOSED)]
 
 
-def _locate_failure(module: nn.Module, state: dict[str, torch.Tensor], args: Any, kwargs: Any) -> str:
+def _locate_failure(module: nn.Module, state: MetaState, args: Any, kwargs: Any) -> str:
     """Re-run a failed probe with hooks to find the innermost submodule that raised."""
     with ModuleStack(module) as stack:
         guards = _guard_transposed(module)  # after the stack's hooks, so the raising module is on the stack
