@@ -15,6 +15,7 @@ Run it with ``python benchmarks/bench_families.py``. On the CPU, with models bui
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 import warnings
@@ -45,8 +46,8 @@ def build(name: str) -> nn.Module:
     """The model with no weights, in eval mode (detection transforms sized to 320)."""
     fn = torchvision.models.get_model_builder(name)
     kwargs = {"weights": None}
-    if name in torchvision.models.list_models(module=torchvision.models.detection) or name.startswith("fcn_"):
-        kwargs["weights_backbone"] = None
+    if "weights_backbone" in inspect.signature(fn).parameters:
+        kwargs["weights_backbone"] = None  # nothing is downloaded
     model = fn(**kwargs)
     transform = getattr(model, "transform", None)
     if transform is not None and getattr(transform, "fixed_size", None) is None and hasattr(transform, "min_size"):

@@ -171,8 +171,8 @@ class ModuleStack:
     """
 
     def __init__(self, model: nn.Module, *, watch_finite: bool = False, watch_bound: float | None = None,
-                 record: bool = False) -> None:
-        self.names = {id(m): name for name, m in model.named_modules()}
+                 record: bool = False, names: dict[int, str] | None = None) -> None:
+        self.names = names if names is not None else {id(m): name for name, m in model.named_modules()}
         self.model = model
         self.stack: list[nn.Module] = []
         self.handles: list[Any] = []

@@ -72,6 +72,8 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
     ctx = Context(model, probe_image_size=probe_image_size)
     report = Report(model=type(model).__name__)
     ran: list[Contract] = []
+    if anatomy.no_whole_probe is None:
+        ctx.model_probe(anatomy)  # first: contracts that probe a slot on what it receives in the model reuse it
     for contract in anatomy.contracts(model):
         if wanted is not None and not _touches(contract, wanted):
             continue

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from surgery import paths
@@ -29,6 +30,7 @@ from surgery.signature import (
     input_signature,
     rebuild_text,
     run_on_meta,
+    torch_class_name,
 )
 
 __all__ = ["ModelProbe", "probe_model"]
@@ -59,6 +61,25 @@ class ModelProbe:
     finding: Finding | None = None
     raised_in: str | None = None
     output: Any = None
+    train: bool = False
+    slot_io: dict[str, tuple[tuple[Any, ...], Any] | None] = field(default_factory=dict)
+
+    def slot_output(self, model: nn.Module, path: str, shapes: Sequence[tuple[int, ...]]) -> Any:
+        """What the slot at ``path`` returned in this probe when it was fed exactly one float32
+        meta tensor of each of ``shapes`` (positionally, in one call) and every module in it is
+        in the mode the probe ran in; None otherwise. A probe of the slot alone with those
+        inputs would compute the same thing again."""
+        seen = self.slot_io.get(path)
+        if seen is None:
+            return None
+        args, output = seen
+        if len(args) != len(shapes) or not all(
+            isinstance(a, Tensor) and a.dtype == torch.float32 and tuple(a.shape) == tuple(s) for a, s in zip(args, shapes, strict=True)
+        ):
+            return None
+        if any(m.training != self.train for m in model.get_submodule(path).modules()):
+            return None
+        return output
 
     def covers(self, path: str) -> bool:
         """True when the probe checked ``path``: it (or a module inside it) ran to completion,
@@ -89,7 +110,7 @@ class _Watch(ModuleStack):
         self.alive: list[Tensor] = []  # keeps tagged tensors alive so their ids stay unique
         self.completed: list[str] = []
         self.with_params = {id(m) for m in model.modules() if next(m.parameters(), None) is not None}
-        self.last_with_params: str | None = None
+        self.finished_with_params: list[str] = []
 
     def _push(self, module: nn.Module, args: Any) -> None:
         super()._push(module, args)
@@ -106,20 +127,22 @@ class _Watch(ModuleStack):
             self.alive.append(t)
         self.completed.append(path)
         if id(module) in self.with_params:
-            self.last_with_params = path
+            self.finished_with_params.append(path)
 
     def producer_of(self, args: tuple[Any, ...], consumer: str) -> str | None:
         """The module that made what ``consumer`` received: the module whose output it is, or,
         when that module has no parameters (a pool, an activation) or a plain function made
-        the tensor, the last module with parameters to finish."""
+        the tensor, the last module with parameters to finish. Modules inside ``consumer`` (the
+        parametrization computing its weight) made none of its input."""
+        inside = consumer + "."
         for t in tensors_in(args):
             found = self.producer.get(id(t))
-            if found is not None and found != consumer:
+            if found is not None and found != consumer and not found.startswith(inside):
                 module = self.model.get_submodule(found) if found else self.model
                 if id(module) in self.with_params:
                     return found
                 break
-        return self.last_with_params
+        return next((p for p in reversed(self.finished_with_params) if not p.startswith(inside)), None)
 
 
 def _width(layer: nn.Module, received: Tensor) -> int | None:
@@ -139,7 +162,7 @@ def _width(layer: nn.Module, received: Tensor) -> int | None:
 def _rebuilt(layer: nn.Module, width: int) -> str | None:
     """A constructor call for a layer like ``layer`` that takes ``width``, or None when unknown."""
     if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-        return f"nn.{type(layer).__name__}({width})"
+        return f"{torch_class_name(layer)}({width})"
     out = getattr(layer, "out_features", getattr(layer, "out_channels", None))
     if isinstance(layer, (nn.Linear, *_CONV)) and isinstance(out, int) and getattr(layer, "groups", 1) == 1:
         return rebuild_text(layer, (width, out))
@@ -231,7 +254,7 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
         try:
             with ran:
                 output = _run(model, state, inputs)
-            return ModelProbe("ran", "", described, ran.completed, output=output)
+            return ModelProbe("ran", "", described, ran.completed, output=output, train=train, slot_io=ran.io)
         except Exception as e:  # noqa: BLE001 - any failure inside user code becomes a finding or a stop
             if _is_probe_limitation(e):
                 where = ran.innermost() or ""
@@ -263,20 +286,35 @@ def _run(model: nn.Module, state: MetaState, inputs: tuple[Any, ...]) -> Any:
 
 
 class _SlotsRan(ModuleStack):
-    """The module stack over the slots only: which slots completed, and which was running."""
+    """The module stack over the slots only: which slots completed, and which was running; for
+    each slot called once, with positional tensors only, what it received and returned."""
 
     def __init__(self, model: nn.Module, slots: Sequence[str]) -> None:
-        super().__init__(model)
-        self.slots = [model.get_submodule(p) for p in slots if p]
+        names: dict[int, str] = {}
+        for p in slots:
+            if p:
+                names.setdefault(id(model.get_submodule(p)), p)  # a module in two slots is named by the first
+        super().__init__(model, names=names)
+        self.slots = [model.get_submodule(p) for p in names.values()]
         self.completed: list[str] = []
+        self.io: dict[str, tuple[tuple[Any, ...], Any] | None] = {}  # None: called twice, or with keywords
+        self._keywords: set[int] = set()
 
     def __enter__(self) -> _SlotsRan:
         self.stack.clear()
         for m in self.slots:
-            self.handles.append(m.register_forward_pre_hook(self._push))
+            self.handles.append(m.register_forward_pre_hook(self._enter, with_kwargs=True))
             self.handles.append(m.register_forward_hook(self._pop))
         return self
 
+    def _enter(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        self._push(module, args)
+        if kwargs:
+            self._keywords.add(id(module))
+
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
         super()._pop(module, args, output)
-        self.completed.append(self.path(module))
+        path = self.path(module)
+        self.completed.append(path)
+        once = path not in self.io and id(module) not in self._keywords
+        self.io[path] = (tuple(args), output) if once else None

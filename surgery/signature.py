@@ -320,7 +320,7 @@ def attribute_mismatches(layer: nn.Module) -> list[AttributeMismatch]:
             rebuild = f"nn.GroupNorm({layer.num_groups}, {widths[0]})"
             compare("num_channels", widths[0], tensor, shape, rebuild)
         else:
-            rebuild = f"nn.{type(layer).__name__}({widths[0]})" if type(layer) in _BATCHNORM else None
+            rebuild = f"{torch_class_name(layer)}({widths[0]})" if isinstance(layer, _BATCHNORM) else None
             compare("num_features", widths[0], tensor, shape, rebuild)
         others = tuple(n for n in ("weight", "bias", "running_mean", "running_var") if n != tensor)
         vectors(others, shape, tensor, shape, rebuild)
@@ -336,9 +336,20 @@ def _arg(value: tuple[int, ...]) -> str:
     return str(value[0]) if len(set(value)) == 1 else str(tuple(value))
 
 
+def torch_class_name(layer: nn.Module) -> str:
+    """How code names the layer's class: ``nn.Linear`` for a torch layer, also for the subclass a
+    parametrization (weight norm, spectral norm) makes at run time; the class name otherwise."""
+    for cls in type(layer).__mro__:
+        if cls.__module__.startswith("torch.nn.modules"):
+            return f"nn.{cls.__name__}"
+        if not cls.__module__.startswith("torch.nn.utils"):
+            break
+    return type(layer).__name__
+
+
 def rebuild_text(layer: nn.Module, widths: tuple[int, int]) -> str:
     """``nn.Linear(1024, 2)`` / ``nn.Conv2d(256, 91, kernel_size=1)`` sized like the layer's weight."""
-    cls = f"nn.{type(layer).__name__}" if type(layer).__module__.startswith("torch.nn") else type(layer).__name__
+    cls = torch_class_name(layer)
     if isinstance(layer, nn.Linear):
         bias = "" if layer.bias is not None else ", bias=False"
         return f"{cls}({widths[0]}, {widths[1]}{bias})"
@@ -420,17 +431,18 @@ class MetaState:
         #: True when a parameter or buffer is lazy and still uninitialised (its shape comes with the first forward)
         self.lazy = False
         if self.scripted:
-            for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
-                self.named[name] = torch.empty_like(t, device="meta")
+            for name, p in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+                self.named[name] = torch.empty_like(p, device="meta")
             return
         for m in module.modules():
             for store in (m._parameters, m._buffers):
                 for key, t in store.items():
-                    if t is not None:
-                        if isinstance(t, (UninitializedParameter, UninitializedBuffer)):
-                            self.lazy = True  # no stand-in: callers must not run the module
-                            continue
-                        self.entries.append((store, key, t, _meta_twin(t)))
+                    if t is None:
+                        continue
+                    if isinstance(t, (UninitializedParameter, UninitializedBuffer)):
+                        self.lazy = True  # no stand-in: callers must not run the module
+                        continue
+                    self.entries.append((store, key, t, _meta_twin(t)))
 
     def call(self, args: Any, kwargs: Any) -> Any:
         """``module(*args, **kwargs)`` with the stand-ins in place; the originals are back afterwards."""

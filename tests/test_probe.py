@@ -176,3 +176,84 @@ def test_replace_rolls_back_a_head_the_probe_rejects() -> None:
     with pytest.raises(surgery.IncompatibleError, match=r"0 \(Conv2d\) produces 8 features but 4 \(Linear\) expects 16"):
         surgery.replace(model, "4", nn.Linear(16, 10))
     assert model[4] is old
+
+
+def _count_calls(module: nn.Module) -> list[int]:
+    calls = [0]
+
+    def hook(_m: nn.Module, _args: Any) -> None:
+        calls[0] += 1
+
+    module.register_forward_pre_hook(hook)
+    return calls
+
+
+def test_a_slot_the_whole_probe_ran_is_not_probed_again_in_the_same_mode() -> None:
+    model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, aux_loss=True).eval()
+    calls = _count_calls(model.backbone)
+    report = surgery.check(model, probe_image_size=64)
+    assert report.ok and calls == [1]  # the contracts read the backbone's maps from the whole-model probe
+    model.train()  # the whole probe runs in eval mode: a backbone in train mode is probed on its own as it is
+    calls[0] = 0
+    assert surgery.check(model, probe_image_size=64).ok and calls == [2]
+
+
+def test_what_a_slot_received_is_reused_only_when_it_is_exactly_what_was_asked() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    probe = probe_model(model, GenericAnatomy(), 32)
+    assert probe.status == "ran"
+    out = probe.slot_output(model, "2", [(2, 8, 30, 30)])
+    assert out is not None and tuple(out.shape) == (2, 4, 30, 30) and out.device.type == "meta"
+    assert probe.slot_output(model, "2", [(2, 8, 31, 30)]) is None  # other shapes
+    assert probe.slot_output(model, "2", [(2, 8, 30, 30), (1,)]) is None  # other arguments
+    model[2].train()
+    assert probe.slot_output(model, "2", [(2, 8, 30, 30)]) is None  # another mode than the probe ran in
+    shared = nn.ReLU()
+    twice = nn.Sequential(nn.Conv2d(3, 8, 3), shared, nn.Conv2d(8, 8, 1), shared).eval()
+    again = probe_model(twice, GenericAnatomy(), 32)
+    assert again.status == "ran" and again.slot_output(twice, "1", [(2, 8, 30, 30)]) is None  # called twice: which call?
+
+
+class _Raises(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x)).view(-1, 7)  # 7 never divides 2×8×30×30
+
+
+@pytest.mark.parametrize("kind", ["raises", "parametrized", "scripted"])
+def test_the_stand_ins_are_always_swapped_back(kind: str) -> None:
+    if kind == "raises":
+        model: nn.Module = _Raises()
+    elif kind == "parametrized":
+        model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 8, 3)), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    else:
+        model = nn.Sequential(torch.jit.script(nn.Conv2d(3, 8, 3)), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    tensors = {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    before = fingerprint(model)
+    probe = probe_model(model, GenericAnatomy(), 32)
+    assert probe.status == ("raised" if kind == "raises" else "ran")
+    assert fingerprint(model) == before
+    after = {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    assert after.keys() == tensors.keys() and all(after[k] is tensors[k] for k in tensors)  # the very same objects
+
+
+def test_a_weight_normed_layer_of_the_wrong_width_names_its_real_producer_and_a_torch_class() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = nn.utils.parametrizations.weight_norm(nn.Linear(256, 10))
+    (error,) = surgery.check(model).errors
+    assert (error.code, error.paths) == ("channel-mismatch", ("layer4", "fc"))
+    assert error.message == ("layer4 (Sequential) produces 512 features but fc (ParametrizedLinear) expects 256 "
+                             "(weight (10, 256)); it received 2×512")
+    assert error.fix == "model.fc = nn.Linear(512, 10)  # or make layer4 produce 256 features"
+
+
+def test_a_healthy_weight_normed_model_checks_clean() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = nn.utils.parametrizations.weight_norm(model.fc)
+    model.conv1 = nn.utils.parametrizations.spectral_norm(model.conv1)
+    report = surgery.check(model)
+    assert report.ok and report.findings == [] and report.coverage is not None and report.coverage.probe == "ran"

@@ -182,13 +182,15 @@ class Anatomy:
             weight = getattr(m, "weight", None)
             if not isinstance(weight, Tensor):
                 continue
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                spatial = {nn.Conv1d: (image_size,), nn.Conv2d: (image_size, image_size), nn.Conv3d: (8, image_size, image_size)}[type(m)]
-                return (meta_like((PROBE_BATCH, int(weight.shape[1]) * m.groups, *spatial)),)
+            scripted = getattr(m, "original_name", None) if isinstance(m, torch.jit.ScriptModule) else None
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or scripted in ("Conv1d", "Conv2d", "Conv3d"):
+                # by the weight's rank, not type(m): a parametrized conv (weight norm) is a subclass made at run time
+                spatial = {3: (image_size,), 4: (image_size, image_size), 5: (8, image_size, image_size)}[weight.dim()]
+                return (meta_like((PROBE_BATCH, int(weight.shape[1]) * int(m.groups), *spatial)),)
             if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
                 spatial = (image_size // 8,) * (weight.dim() - 2)
                 return (meta_like((PROBE_BATCH, int(weight.shape[0]), *spatial)),)
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) or scripted == "Linear":
                 return (meta_like((PROBE_BATCH, int(weight.shape[1]))),)
             if isinstance(m, nn.Embedding):
                 return (meta_like((PROBE_BATCH, 16), dtype=torch.long),)

@@ -141,6 +141,11 @@ class Context:
         """Meta-probe the module at ``path`` with inputs of the given shapes (cached)."""
         key = (path, shapes)
         if key not in self._probes:
+            for whole in (self.cache.get("model probe:eval"), self.cache.get("model probe:train")):
+                output = whole.slot_output(self.model, path, shapes) if whole is not None else None
+                if output is not None:  # the whole-model probe already ran this slot on these inputs
+                    self._probes[key] = ProbeResult(output=output)
+                    return self._probes[key]
             module = self.get(path)
             self._probes[key] = meta_probe(module, *(meta_like(s) for s in shapes))
         return self._probes[key]
