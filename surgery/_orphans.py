@@ -61,6 +61,7 @@ _SKIP_ATTRS = frozenset(
     }
 )
 _ATOMS = (bool, int, float, complex, str, bytes, type(None), torch.Tensor, torch.dtype, torch.device)
+_ATOM_TYPES = frozenset({*_ATOMS, nn.Parameter})
 
 
 @dataclass(frozen=True)
@@ -305,12 +306,15 @@ def _has_contents(cell: Any) -> bool:
 def _escaped_elsewhere(model: nn.Module) -> set[int]:
     """Modules that code outside ``forward`` may run: held by plain attributes or hooks, or hooked."""
     found: set[int] = set()
+    atoms = _ATOM_TYPES
     for module in model.modules():
         for key, value in vars(module).items():
-            if key not in _SKIP_ATTRS:
-                found.update(id(m) for m in _modules_in(value))
+            kind = type(value)
+            if kind in atoms or key in _SKIP_ATTRS or kind is tuple and all(type(v) in atoms for v in value):
+                continue  # the usual attributes (sizes, flags, names) hold no module: skip them fast
+            found.update(id(m) for m in _modules_in(value))
         for key in _HOOK_DICTS:
-            hooks = getattr(module, key, None) or {}
+            hooks = module.__dict__.get(key)
             if hooks:
                 found.add(id(module))  # a hook receives the module and may call any of its children
                 for hook in hooks.values():
@@ -373,7 +377,7 @@ def _orphan_candidates(model: nn.Module) -> Iterable[tuple[str, str, nn.Module, 
         for name, child in module._modules.items():
             if child is None or name in usage.names or name in mine.reads:
                 continue
-            if any(id(m) in escaped for m in child.modules()):
+            if escaped and any(id(m) in escaped for m in child.modules()):
                 continue  # run (in part) from a plain attribute or a hook
             yield (f"{path}.{name}" if path else name), name, module, child
 

@@ -265,6 +265,33 @@ class AttributeMismatch:
     rebuild: str | None
 
 
+def _plainly_consistent(layer: nn.Module) -> bool:
+    """True for a stock conv, linear or batch-norm layer whose attributes and tensors all agree:
+    the common case, answered with a few comparisons. False means "read it in full", not "wrong"."""
+    kind = type(layer)
+    params = layer._parameters
+    weight = params.get("weight")
+    if weight is None or type(weight) is not nn.Parameter:
+        return False
+    bias = params.get("bias")
+    shape = weight.shape
+    if kind is nn.Conv2d or kind is nn.Conv1d or kind is nn.Conv3d:
+        conv = cast(nn.modules.conv._ConvNd, layer)
+        return (weight.dim() >= 3 and conv.out_channels == shape[0] and conv.in_channels == shape[1] * conv.groups
+                and (bias is None or type(bias) is nn.Parameter and bias.shape == shape[:1]))
+    if kind is nn.Linear:
+        linear = cast(nn.Linear, layer)
+        return (weight.dim() == 2 and linear.out_features == shape[0] and linear.in_features == shape[1]
+                and (bias is None or type(bias) is nn.Parameter and bias.shape == shape[:1]))
+    if kind is nn.BatchNorm2d or kind is nn.BatchNorm1d or kind is nn.BatchNorm3d:
+        norm = cast(nn.modules.batchnorm._BatchNorm, layer)
+        buffers = layer._buffers
+        mean, var = buffers.get("running_mean"), buffers.get("running_var")
+        return (weight.dim() == 1 and norm.num_features == shape[0] and bias is not None and bias.shape == shape
+                and mean is not None and mean.shape == shape and var is not None and var.shape == shape)
+    return False
+
+
 def attribute_mismatches(layer: nn.Module) -> list[AttributeMismatch]:
     """Where ``layer``'s attributes (``in_features``, ``out_channels``, ``num_features``,
     ``normalized_shape``, ``embedding_dim``, …) or its bias/running statistics disagree with
@@ -278,6 +305,8 @@ def attribute_mismatches(layer: nn.Module) -> list[AttributeMismatch]:
         One entry per disagreement; empty for a consistent layer, another kind of module, or
         a lazy one whose parameters are not materialised yet.
     """
+    if _plainly_consistent(layer):
+        return []
     weight = _shape(getattr(layer, "weight", None))
     widths = layer_widths(layer)
     found: list[AttributeMismatch] = []

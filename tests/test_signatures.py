@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import surgery
-from surgery import paths
+from surgery import paths, signature
 from surgery.anatomy._base import LAYER_CONTRACT
 from surgery.findings import Finding
 from surgery.signature import (
@@ -342,3 +342,40 @@ def test_expression_knows_module_dict_keys_from_the_model() -> None:
     model.seq = nn.Sequential(nn.ReLU())
     assert paths.expression("maps.0", model) == "model.maps['0']"
     assert paths.expression("seq.0", model, root="net") == "net.seq[0]"
+
+
+def _edited_layers() -> list[nn.Module]:
+    """Stock layers, and the same layers with a tensor swapped or sliced in place."""
+    layers: list[nn.Module] = [nn.Conv2d(8, 16, 3), nn.Conv2d(8, 16, 3, groups=4, bias=False), nn.Conv1d(4, 6, 1),
+                               nn.Conv3d(2, 4, 1), nn.Linear(10, 5), nn.Linear(10, 5, bias=False), nn.BatchNorm2d(7),
+                               nn.BatchNorm1d(3), nn.BatchNorm2d(7, affine=False), nn.BatchNorm2d(7, track_running_stats=False)]
+    conv = nn.Conv2d(8, 16, 3)
+    conv.weight = nn.Parameter(conv.weight.data[:12])
+    layers.append(conv)
+    conv_bias = nn.Conv2d(8, 16, 3)
+    conv_bias.bias = nn.Parameter(conv_bias.bias.data[:3])
+    layers.append(conv_bias)
+    conv_in = nn.Conv2d(8, 16, 3)
+    conv_in.weight.data = conv_in.weight.data[:, :5]
+    layers.append(conv_in)
+    linear = nn.Linear(10, 5)
+    linear.weight.data = linear.weight.data[:2]
+    layers.append(linear)
+    norm = nn.BatchNorm2d(7)
+    norm.running_mean = norm.running_mean[:4]
+    layers.append(norm)
+    norm_w = nn.BatchNorm2d(7)
+    norm_w.weight = nn.Parameter(norm_w.weight.data[:2])
+    layers.append(norm_w)
+    flat = nn.Conv2d(8, 16, 3)
+    flat.weight = nn.Parameter(torch.zeros(16))  # a rank the fast path must not index blindly
+    layers.append(flat)
+    return layers
+
+
+def test_the_fast_path_for_stock_layers_agrees_with_the_full_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = [attribute_mismatches(layer) for layer in _edited_layers()]
+    monkeypatch.setattr(signature, "_plainly_consistent", lambda layer: False)
+    full = [attribute_mismatches(layer) for layer in _edited_layers()]
+    assert fast == full
+    assert [bool(f) for f in fast] == [False] * 10 + [True] * 6 + [bool(full[-1])]
