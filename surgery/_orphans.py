@@ -295,6 +295,20 @@ def _modules_in(value: Any, depth: int = 0) -> Iterator[nn.Module]:
         yield from _modules_in(tuple(vars(value).values()), depth + 1)
 
 
+def _graph_usage(module: torch.fx.GraphModule) -> _Usage:
+    """What a traced module's graphs do with ``self``: each ``call_module`` node calls the module at
+    its target, each ``get_attr`` node takes the object at its target as a value. A module with
+    one graph per mode (a feature extractor) is read in both. Read from the graph itself: the
+    class and its code are generated anew for every traced module."""
+    graphs = [g for g in (getattr(module, "train_graph", None), getattr(module, "eval_graph", None)) if g is not None]
+    chains: set[tuple[tuple[str, ...], bool]] = set()
+    for graph in graphs or [module.graph]:
+        for node in graph.nodes:
+            if node.op in ("call_module", "get_attr") and isinstance(node.target, str):
+                chains.add((tuple(node.target.split(".")), node.op == "get_attr"))
+    return _Usage(frozenset(chain[0] for chain, _ in chains), frozenset(chains))
+
+
 def _has_contents(cell: Any) -> bool:
     try:
         cell.cell_contents  # noqa: B018 - an empty cell raises ValueError
@@ -367,8 +381,11 @@ def _orphan_candidates(model: nn.Module) -> Iterable[tuple[str, str, nn.Module, 
             else:
                 opaque_paths.append(path)  # elements reached by index or iteration: no telling how
             continue
-        entries = {"forward", "__call__"} | {r for r in mine.reads if r not in _NOT_ENTRIES and _is_method(type(module), r)}
-        usage = _usage(type(module), frozenset(entries))  # type: ignore[arg-type]  # classes are hashable
+        if isinstance(module, torch.fx.GraphModule):  # its forward is the graph's generated code
+            usage: _Usage | None = _graph_usage(module)
+        else:
+            entries = {"forward", "__call__"} | {r for r in mine.reads if r not in _NOT_ENTRIES and _is_method(type(module), r)}
+            usage = _usage(type(module), frozenset(entries))  # type: ignore[arg-type]  # classes are hashable
         if usage is None:
             opaque_paths.append(path)
             continue

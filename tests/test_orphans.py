@@ -532,3 +532,12 @@ def test_quantizable_resnets_check_without_errors(builder: str) -> None:
         assert orphans[0].paths == ("layer1.0.relu",)
         assert orphans[0].fix == "del model.layer1[0].relu  # or call it from QuantizableBottleneck.forward"
         ast.parse(orphans[0].fix)
+
+
+def test_a_traced_feature_extractor_is_read_from_its_graph() -> None:
+    backbone = surgery.detection_backbone("resnet18", layers=3, out_channels=128)
+    assert find_orphans(backbone) == []
+    backbone.body.extra = nn.Conv2d(3, 3, 1)  # registered, but no node of either graph calls it
+    (found,) = find_orphans(backbone)
+    assert (found.severity, found.code, found.paths) == ("error", "orphan-module", ("body.extra",))
+    assert found.fix == "del model.body.extra  # or call it from ResNet.forward"

@@ -234,13 +234,9 @@ def probe_maps(module: nn.Module, what: str, image_size: int = PROBE_SIDE) -> Fe
     Raises:
         ValueError: The module raised on the probe, or produced no 4-d feature maps.
     """
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()  # shapes are the same; eval-mode norm layers are far cheaper on meta
-    try:
-        probe = meta_probe(module, meta_like((PROBE_BATCH, 3, image_size, image_size)))
-    finally:
-        for m, training in modes:
-            m.training = training
+    # in the module's own mode: the shapes are the same, and switching modes would recompile a
+    # feature extractor's graph (torchvision keeps one graph per mode)
+    probe = meta_probe(module, meta_like((PROBE_BATCH, 3, image_size, image_size)))
     if not probe.ok:
         where = f" in {probe.where}" if probe.where else ""
         raise ValueError(
