@@ -57,6 +57,10 @@ def _copy_content(value: _Container) -> Any:
 
 
 def _refill(target: _Container, content: Any) -> None:
+    if not content:
+        if target:
+            target.clear()
+        return
     if isinstance(target, list):
         target[:] = content
     else:
@@ -120,7 +124,8 @@ class Snapshot:
         seen: set[int] = set()
         for m in self.modules:
             attrs = dict(m.__dict__)
-            contents = {k: _copy_content(v) for k, v in attrs.items() if isinstance(v, (dict, list, set))}
+            # most containers (hook dicts) are empty: () stands for "empty" and refills as such
+            contents = {k: _copy_content(v) if v else () for k, v in attrs.items() if isinstance(v, (dict, list, set))}
             self.attrs.append((m, attrs, contents))
             for t in itertools.chain(m._parameters.values(), m._buffers.values()):
                 if t is not None and id(t) not in seen:
