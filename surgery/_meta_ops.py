@@ -204,7 +204,7 @@ _GELU = Params("input", ("approximate", "none"))
 _CLAMP = Params("input", ("min", None), ("max", None))
 
 
-def _clamp_args(b: list[Any]) -> bool:
+def _clamp_args(b: Sequence[Any]) -> bool:
     return (b[1] is not None or b[2] is not None) and all(v is None or number(v) for v in b[1:])
 
 
@@ -305,7 +305,7 @@ def _layer_norm(params: Params) -> Rule:
     return lambda args, kwargs: _layer_norm_rule(params.bind(args, kwargs))
 
 
-def _layer_norm_rule(bound: list[Any] | None) -> Any:
+def _layer_norm_rule(bound: Sequence[Any] | None) -> Any:
     if bound is None:
         return FALLBACK
     x, normalized, weight, bias = bound[:4]
@@ -327,7 +327,7 @@ def _group_norm(params: Params) -> Rule:
     return lambda args, kwargs: _group_norm_rule(params.bind(args, kwargs))
 
 
-def _group_norm_rule(bound: list[Any] | None) -> Any:
+def _group_norm_rule(bound: Sequence[Any] | None) -> Any:
     if bound is None:
         return FALLBACK
     x, groups, weight, bias = bound[:4]

@@ -62,10 +62,12 @@ class Params:
         self.index = {name: i for i, name in enumerate(self.names)}
         self.required = sum(1 for d in self.defaults if d is _REQUIRED)
 
-    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | None:
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Sequence[Any] | None:
         """The value of every parameter, or None when the call does not fit the list (too many
         arguments, an unknown or repeated keyword, a required one missing)."""
         n = len(args)
+        if not kwargs and self.required <= n:  # the common call: positional arguments only
+            return args if n == len(self.names) else args + self.defaults[n:] if n < len(self.names) else None
         if n > len(self.names):
             return None
         values = [*args, *self.defaults[n:]]
@@ -110,12 +112,14 @@ def ints(value: Any, n: int, *, single: bool = True) -> tuple[int, ...] | None:
     ``single``); None for anything else (bools, floats, other lengths)."""
     if type(value) is int:
         return (value,) * n
-    if isinstance(value, (tuple, list)) and all(type(v) is int for v in value):
-        if len(value) == n:
-            return tuple(value)
-        if single and len(value) == 1:
-            return (value[0],) * n
-    return None
+    if not isinstance(value, (tuple, list)):
+        return None
+    for v in value:
+        if type(v) is not int:
+            return None
+    if len(value) == n:
+        return tuple(value)
+    return (value[0],) * n if single and len(value) == 1 else None
 
 
 def empty(shape: Sequence[int], dtype: torch.dtype, memory_format: torch.memory_format = _CONTIGUOUS) -> Tensor:
