@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
-from torch.overrides import TorchFunctionMode
 
+from surgery._meta_ops import MetaShortcuts
 from surgery._util import ModuleStack
 
 __all__ = [
@@ -541,33 +541,10 @@ def meta_probe(module: nn.Module, *args: Any, **kwargs: Any) -> ProbeResult:
     return ProbeResult(error=error, where=where, inconclusive=_is_probe_limitation(error))
 
 
-class _MetaShortcuts(TorchFunctionMode):
-    """Shortcuts for ops whose meta kernels are slow but whose output shape is trivial.
-
-    Batch norm on meta tensors goes through a Python decomposition that costs about a
-    millisecond a layer, most of a probe's time. Its output has the input's shape; the
-    shortcut keeps the one check the real kernel makes on shapes (the channel count against
-    the running statistics or the weight) and skips the arithmetic.
-    """
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.batch_norm and args and isinstance(args[0], torch.Tensor) and args[0].device.type == "meta":
-            x = args[0]
-            named = ("input", "running_mean", "running_var", "weight")
-            given = dict(zip(named, args, strict=False)) | {k: v for k, v in kwargs.items() if k in named}
-            ref = given.get("running_mean") if given.get("running_mean") is not None else given.get("weight")
-            channels = int(x.shape[1]) if x.dim() > 1 else int(x.shape[0])
-            if isinstance(ref, torch.Tensor) and ref.numel() != channels:
-                raise RuntimeError(f"running_mean should contain {channels} elements not {ref.numel()}")
-            return torch.empty_like(x)
-        return func(*args, **kwargs)
-
-
 def run_on_meta(module: nn.Module, state: MetaState, args: Any, kwargs: Any) -> Any:
     """``module(*args, **kwargs)`` with its parameters and buffers swapped for ``state`` (meta
     stand-ins) for the call only, without autograd and with the meta shortcuts."""
-    with torch.no_grad(), _MetaShortcuts():
+    with torch.no_grad(), MetaShortcuts():
         return state.call(args, kwargs)
 
 
