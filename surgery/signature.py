@@ -474,17 +474,28 @@ class MetaState:
                     self.entries.append((store, key, t, _meta_twin(t)))
 
     def call(self, args: Any, kwargs: Any) -> Any:
-        """``module(*args, **kwargs)`` with the stand-ins in place; the originals are back afterwards."""
-        if self.scripted:
-            return functional_call(self.module, self.named, args, kwargs, tie_weights=False, strict=False)
-        entries = self.entries
-        for store, key, _, meta in entries:
-            store[key] = meta
+        """``module(*args, **kwargs)`` with the stand-ins in place; the originals are back afterwards.
+
+        So are the plain attributes a forward assigns (an anchor generator moves its cached
+        anchors to the device of what it is fed): every module's attributes are as before the call.
+        """
+        attributes = [(m.__dict__, m.__dict__.copy()) for m in self.module.modules()]
         try:
-            return self.module(*args, **kwargs)
+            if self.scripted:
+                return functional_call(self.module, self.named, args, kwargs, tie_weights=False, strict=False)
+            entries = self.entries
+            for store, key, _, meta in entries:
+                store[key] = meta
+            try:
+                return self.module(*args, **kwargs)
+            finally:
+                for store, key, original, _ in entries:
+                    store[key] = original
         finally:
-            for store, key, original, _ in entries:
-                store[key] = original
+            for now, before in attributes:
+                if len(now) != len(before) or any(now.get(k, now) is not v for k, v in before.items()):
+                    now.clear()
+                    now.update(before)
 
 
 def _meta_twin(t: torch.Tensor) -> torch.Tensor:

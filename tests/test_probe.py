@@ -257,3 +257,27 @@ def test_a_healthy_weight_normed_model_checks_clean() -> None:
     model.conv1 = nn.utils.parametrizations.spectral_norm(model.conv1)
     report = surgery.check(model)
     assert report.ok and report.findings == [] and report.coverage is not None and report.coverage.probe == "ran"
+
+
+class _Caches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.scale = torch.ones(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = x  # a new attribute
+        self.scale = self.scale.to(x.device)  # an attribute moved to the input's device
+        return self.conv(x) * self.scale
+
+
+def test_attributes_a_forward_assigns_are_put_back_after_a_probe(shared: Any) -> None:
+    model = _Caches()
+    scale = model.scale
+    assert probe_model(model, GenericAnatomy(), 32).status == "ran"
+    assert "last" not in model.__dict__ and model.scale is scale and model.scale.device.type == "cpu"
+    detector = shared("retinanet_resnet50_fpn")
+    anchors = detector.anchor_generator.cell_anchors
+    probe_model(detector, anatomy_for(detector), 64)  # stops at post-processing, after the anchors moved to meta
+    assert detector.anchor_generator.cell_anchors is anchors
+    assert {a.device.type for a in anchors} == {"cpu"}
