@@ -243,10 +243,19 @@ def find(model: nn.Module, path: str) -> nn.Module | None:
     Returns:
         The submodule, or None when a segment does not exist or the slot is empty.
     """
+    require_module(model, "paths")
     try:
-        return get(model, path)
+        segments = split(path)
     except PathError:
         return None
+    node = model
+    for segment in segments:  # no error is built: a missing slot is a common answer, not a failure
+        key = _child_key(node, segment)
+        child = node._modules.get(key) if key is not None else None
+        if child is None:
+            return None
+        node = child
+    return node
 
 
 def exists(model: nn.Module, path: str) -> bool:

@@ -12,6 +12,7 @@ Two sources, used together by :mod:`surgery.check`:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -492,8 +493,8 @@ class MetaState:
                 for store, key, original, _ in entries:
                     store[key] = original
         finally:
-            for now, before in attributes:
-                if len(now) != len(before) or any(now.get(k, now) is not v for k, v in before.items()):
+            for now, before in attributes:  # identity, compared in C: most modules assign nothing
+                if len(now) != len(before) or not all(map(operator.is_, now.values(), before.values())):
                     now.clear()
                     now.update(before)
 

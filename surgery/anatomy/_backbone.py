@@ -436,8 +436,7 @@ def first_layer_like(head: nn.Module, width: int, pool: tuple[int, int] | None,
         new_layer = nn.Linear(width * area, layer.out_features, layer.bias is not None)
         old_in, new_in = f"{layer.in_features // area}×{pool[0]}×{pool[1]}", f"{width}×{pool[0]}×{pool[1]}"
     init(new_layer)
-    new_head = copy.deepcopy(head)
-    paths.set(new_head, name, new_layer)
+    new_head = copy.deepcopy(head, {id(layer): new_layer})  # the old first layer is not copied, only replaced
     kind = type(head).__name__
     return new_head, f"{kind} taking {old_in} ({name})", f"{kind} taking {new_in} ({name})"
 
