@@ -455,7 +455,8 @@ class MetaState:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
-        self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
+        self.modules = list(module.modules())
+        self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in self.modules)
         self.entries: list[tuple[dict[str, Any], str, torch.Tensor, torch.Tensor]] = []
         self.named: dict[str, torch.Tensor] = {}
         #: True when a parameter or buffer is lazy and still uninitialised (its shape comes with the first forward)
@@ -464,7 +465,8 @@ class MetaState:
             for name, p in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
                 self.named[name] = torch.empty_like(p, device="meta")
             return
-        for m in module.modules():
+        twins: dict[tuple[Any, ...], torch.Tensor] = {}  # one stand-in per shape and dtype: meta tensors hold no data
+        for m in self.modules:
             for store in (m._parameters, m._buffers):
                 for key, t in store.items():
                     if t is None:
@@ -472,7 +474,15 @@ class MetaState:
                     if isinstance(t, (UninitializedParameter, UninitializedBuffer)):
                         self.lazy = True  # no stand-in: callers must not run the module
                         continue
-                    self.entries.append((store, key, t, _meta_twin(t)))
+                    plain = type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided
+                    if plain:
+                        like = (tuple(t.shape), t.dtype)
+                        twin = twins.get(like)
+                        if twin is None:
+                            twin = twins[like] = torch.empty(like[0], dtype=like[1], device="meta")
+                    else:
+                        twin = torch.empty_like(t, device="meta")  # subclasses keep empty_like's own handling
+                    self.entries.append((store, key, t, twin))
 
     def call(self, args: Any, kwargs: Any) -> Any:
         """``module(*args, **kwargs)`` with the stand-ins in place; the originals are back afterwards.
@@ -480,7 +490,7 @@ class MetaState:
         So are the plain attributes a forward assigns (an anchor generator moves its cached
         anchors to the device of what it is fed): every module's attributes are as before the call.
         """
-        attributes = [(m.__dict__, m.__dict__.copy()) for m in self.module.modules()]
+        attributes = [(m.__dict__, m.__dict__.copy()) for m in self.modules]
         try:
             if self.scripted:
                 return functional_call(self.module, self.named, args, kwargs, tie_weights=False, strict=False)
@@ -497,14 +507,6 @@ class MetaState:
                 if len(now) != len(before) or not all(map(operator.is_, now.values(), before.values())):
                     now.clear()
                     now.update(before)
-
-
-def _meta_twin(t: torch.Tensor) -> torch.Tensor:
-    """An uninitialised meta tensor like ``t`` (``torch.empty`` is a fast path; subclasses and
-    lazy tensors keep ``empty_like``'s own handling)."""
-    if type(t) in (torch.Tensor, nn.Parameter) and t.layout == torch.strided:
-        return torch.empty(t.shape, dtype=t.dtype, device="meta")
-    return torch.empty_like(t, device="meta")
 
 
 def _meta_state(module: nn.Module) -> MetaState:
