@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
-__all__ = ["preserved", "Snapshot"]
+__all__ = ["preserved", "Snapshot", "structure_key"]
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -240,3 +240,19 @@ def preserved(model: nn.Module) -> Iterator[Snapshot]:
         yield snap
     finally:
         snap.restore()
+
+
+def structure_key(module: nn.Module) -> tuple[Any, ...]:
+    """A value that changes whenever anything that could change ``module``'s output shapes does.
+
+    Per submodule: its identity and class, the identity of every attribute value (a new stride,
+    a replaced list, a swapped child or hook dict), and the shape and dtype of every parameter
+    and buffer (a weight sliced in place keeps its object). Two equal keys taken moments apart
+    mean a probe of the module then still answers now.
+    """
+    parts: list[Any] = []
+    for m in module.modules():
+        parts.append((id(m), type(m), tuple(map(id, m.__dict__.values()))))
+        for store in (m._parameters, m._buffers):
+            parts.extend((k, t.shape, t.dtype) for k, t in store.items() if t is not None)
+    return tuple(parts)

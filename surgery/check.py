@@ -12,6 +12,7 @@ from surgery._orphans import find_orphans
 from surgery._state import Snapshot
 from surgery._util import require_module
 from surgery.anatomy import Anatomy, Contract, anatomy_for
+from surgery.anatomy._backbone import ProbedMaps, seed_features
 from surgery.anatomy._base import Context
 from surgery.findings import Coverage, Finding, Report
 from surgery.probe import ModelProbe
@@ -60,6 +61,13 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
         NotAModuleError: ``model`` is not an ``nn.Module``.
         PathError: A name in ``paths`` is not a submodule of the model.
     """
+    return checked(model, paths=paths, probe_image_size=probe_image_size, trace=trace)
+
+
+def checked(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_size: int = 320, trace: bool = False,
+            seen: ProbedMaps | None = None) -> Report:
+    """:func:`check`, given what an edit already probed: the feature maps of each backbone in
+    ``seen`` that is still the same module, unchanged since (see :func:`seed_features`)."""
     require_module(model, "check()")
     if not isinstance(probe_image_size, int) or probe_image_size < 32:
         raise ValueError(f"probe_image_size must be an int >= 32, got {probe_image_size!r}")
@@ -70,6 +78,8 @@ def check(model: nn.Module, *, paths: Iterable[str] | None = None, probe_image_s
                 _paths.get(model, p)  # raises PathError with suggestions
     anatomy = anatomy_for(model)
     ctx = Context(model, probe_image_size=probe_image_size)
+    if seen:
+        seed_features(ctx, seen)
     report = Report(model=type(model).__name__)
     ran: list[Contract] = []
     if anatomy.no_whole_probe is None:

@@ -355,3 +355,40 @@ def test_swap_fast_subset(source: str, family: str) -> None:
 @pytest.mark.parametrize("source", _classifiers())
 def test_swap_every_classifier(source: str, family: str) -> None:
     _swap(source, family)
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn"])
+def test_a_backbone_whose_maps_differ_in_width_is_an_error(name: str) -> None:
+    model = build(name)
+    backbone = surgery.detection_backbone("resnet18", layers=3, out_channels=128)
+    surgery.replace(model, "backbone", backbone, adapt=True)
+    backbone.fpn.layer_blocks[2][0] = nn.Conv2d(128, 64, 3, padding=1)  # map '2' (and 'pool' after it) now 64 wide
+    (error,) = surgery.check(model).errors
+    assert (error.code, error.paths) == ("channel-mismatch", ("backbone",))
+    assert error.message == (
+        "backbone produces feature maps with different channel counts ('0': 128, '1': 128, '2': 64, 'pool': 64); the heads "
+        "after it run one set of convs over every map, so the forward raises at the first map whose count they do not take"
+    )
+    assert error.fix == ("make model.backbone produce 128 channels on every map (maps ['2', 'pool'] differ), "
+                         "e.g. with surgery.detection_backbone(..., out_channels=128)")
+
+
+def test_the_check_ending_an_adapt_reads_the_maps_the_adapt_probed() -> None:
+    model = build("fasterrcnn_resnet50_fpn")
+    backbone = surgery.detection_backbone("resnet18", layers=3, out_channels=128)
+    calls = [0]
+    backbone.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    surgery.replace(model, "backbone", backbone, adapt=True)
+    assert calls == [1]  # probed once, by the adapt; the check reused its maps
+
+
+def test_a_backbone_changed_after_its_adapt_is_probed_again() -> None:
+    model = build("fasterrcnn_resnet50_fpn")
+    before = fingerprint(model)
+    backbone = surgery.detection_backbone("resnet18", layers=3, out_channels=128)
+    with pytest.raises(surgery.IncompatibleError, match="different channel counts") as caught:
+        with surgery.edit(model) as e:
+            e.replace("backbone", backbone, adapt=True)
+            backbone.fpn.layer_blocks[2][0] = nn.Conv2d(128, 64, 3, padding=1)  # after the adapt's probe
+    assert [(f.code, f.paths) for f in caught.value.findings] == [("channel-mismatch", ("backbone",))]
+    assert fingerprint(model) == before

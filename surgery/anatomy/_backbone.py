@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from torchvision.ops.poolers import MultiScaleRoIAlign
 
 from surgery import paths
+from surgery._state import structure_key
 from surgery._util import first_line
 from surgery.anatomy._base import PROBE_BATCH, Context, Features, is_stock
 from surgery.anatomy._feed import finding
@@ -26,6 +28,8 @@ __all__ = [
     "backbone_contracts_findings",
     "anchor_maps_findings",
     "FEATURES_KEY",
+    "ProbedMaps",
+    "seed_features",
     "PROBE_SIDE",
     "probe_maps",
     "map_strides",
@@ -41,6 +45,18 @@ __all__ = [
 ]
 
 FEATURES_KEY = "features"
+
+#: What an adapt saw of a backbone, by path: the module, its :func:`surgery._state.structure_key`
+#: then, and the maps its probe returned (the check that ends the edit reads them while the key holds).
+ProbedMaps = dict[str, tuple[nn.Module, tuple[Any, ...], Features]]
+
+
+def seed_features(ctx: Context, seen: ProbedMaps) -> None:
+    """Give ``ctx`` the maps an adapt already probed, for each backbone that is still the same
+    module in the same structure: :func:`backbone_features` then reads them instead of probing again."""
+    for path, (module, key, feats) in seen.items():
+        if paths.find(ctx.model, path) is module and structure_key(module) == key:
+            ctx.cache[f"{FEATURES_KEY}:{path}"] = feats
 
 
 def _extra_names(extra: nn.Module | None) -> list[str] | None:
@@ -174,6 +190,7 @@ def backbone_contracts_findings(ctx: Context, path: str = "backbone") -> Iterabl
     if isinstance(feats, Finding):
         yield feats
         return
+    yield from _mixed_widths(ctx, path, feats)
     declared = getattr(backbone, "out_channels", None)
     actual = feats.common_channels()
     if isinstance(declared, int) and actual is not None and declared != actual:
@@ -185,6 +202,25 @@ def backbone_contracts_findings(ctx: Context, path: str = "backbone") -> Iterabl
             "builders and heads that read out_channels will be sized wrongly",
             f"model.{path}.out_channels = {actual}",
         )
+
+
+def _mixed_widths(ctx: Context, path: str, feats: Features) -> Iterable[Finding]:
+    """A ``channel-mismatch`` when the maps differ in channels: the heads after a detection
+    backbone run one set of convs over every map, so the first map with another count raises."""
+    widths: list[tuple[str, int]] = [(n, w) for n in feats.names if (w := feats.channels.get(n)) is not None]
+    counts: dict[int, int] = {}
+    for _, w in widths:
+        counts[w] = counts.get(w, 0) + 1
+    if len(counts) < 2:
+        return
+    usual = max(counts, key=lambda w: (counts[w], w))
+    odd = [n for n, w in widths if w != usual]
+    listed = ", ".join(f"{n!r}: {w}" for n, w in widths)
+    yield finding("error", "channel-mismatch", (path,),
+                  f"{path} produces feature maps with different channel counts ({listed}); the heads after it run "
+                  f"one set of convs over every map, so the forward raises at the first map whose count they do not take",
+                  f"make {paths.expression(path, ctx.model)} produce {usual} channels on every map (maps {odd} differ), "
+                  f"e.g. with surgery.detection_backbone(..., out_channels={usual})")
 
 
 def _body_widths(body: nn.Module) -> list[int | None]:

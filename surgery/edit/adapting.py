@@ -18,8 +18,9 @@ from torch import nn
 
 from surgery import _html, paths
 from surgery._errors import PathError
+from surgery._state import structure_key
 from surgery.anatomy import Anatomy
-from surgery.anatomy._backbone import backbone_features, map_strides, probe_maps
+from surgery.anatomy._backbone import ProbedMaps, backbone_features, map_strides, probe_maps
 from surgery.anatomy._base import PROBE_BATCH, AdaptRule, Context, Features, is_stock
 from surgery.anatomy._feed import pool_size
 from surgery.findings import Report
@@ -237,12 +238,16 @@ def _install(model: nn.Module, path: str, old_module: nn.Module, new: nn.Module,
     paths.set(model, path, new)
 
 
-def _apply_backbone(model: nn.Module, anatomy: Anatomy, rule: AdaptRule) -> Adaptation:
+def _apply_backbone(model: nn.Module, anatomy: Anatomy, rule: AdaptRule, seen: ProbedMaps | None = None) -> Adaptation:
     """Rebuild what follows the backbone at ``rule.producer`` so that it fits the maps the backbone
-    produces (read with a meta probe); the family decides what (:meth:`Anatomy.backbone_plan`)."""
+    produces (read with a meta probe); the family decides what (:meth:`Anatomy.backbone_plan`).
+    ``seen`` gets the maps, with the backbone and its :func:`structure_key`, for the check that
+    ends the edit."""
     result = Adaptation()
     backbone = paths.get(model, rule.producer)
     feats = probe_maps(backbone, f"the backbone at {rule.producer!r}", anatomy.backbone_probe_size(model))
+    if seen is not None:
+        seen[rule.producer] = (backbone, structure_key(backbone), feats)
     strides = map_strides(feats, anatomy.backbone_probe_size(model))
     maps = ", ".join(f"{n} ({feats.channels[n]} ch, stride {strides.get(n, '?')})" for n in feats.names)
     result.notes.append(f"{rule.producer} produces {len(feats.names)} feature map(s): {maps}")

@@ -21,8 +21,9 @@ from surgery._errors import IncompatibleError
 from surgery._state import Snapshot
 from surgery._util import require_module
 from surgery.anatomy import anatomy_for
+from surgery.anatomy._backbone import ProbedMaps
 from surgery.anatomy._base import AdaptRule
-from surgery.check import check as _run_check
+from surgery.check import checked as _run_check
 from surgery.edit.adapting import Adaptation, EditResult, _apply_backbone, _apply_rule, _move, _slot_content, _slot_place
 from surgery.edit.freezing import freeze, freeze_backbone_layers, unfreeze
 from surgery.edit.num_classes import ClassChange, KeepSpec, KeypointChange, resize_classes, resize_keypoints
@@ -66,6 +67,7 @@ class Transaction:
         self._scope: list[str] | None = [] if scoped else None
         self._before: Snapshot | None = None
         self._open = False
+        self._seen: ProbedMaps = {}  # backbones an adapt probed: the final check reads their maps while unchanged
 
     # -- context manager
 
@@ -100,7 +102,7 @@ class Transaction:
     def _verify(self) -> None:
         assert self._before is not None
         try:
-            report = _run_check(self.model, paths=self._scope)
+            report = _run_check(self.model, paths=self._scope, seen=self._seen)
         except BaseException:
             self._rollback()
             raise
@@ -208,7 +210,7 @@ class Transaction:
         """Follow one adapt rule: a backbone rule rebuilds everything after the backbone, any other
         the one consumer; the producer, its consumers and every rebuilt slot join the check."""
         if rule.kind == "backbone":
-            result = _apply_backbone(self.model, self.anatomy, rule)
+            result = _apply_backbone(self.model, self.anatomy, rule, self._seen)
         else:
             result = _apply_rule(self.model, self.anatomy, rule)
         rebuilt = [p for p in result.rebuilt if paths.exists(self.model, p)]
