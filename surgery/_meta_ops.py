@@ -6,8 +6,10 @@ microseconds to milliseconds a call (a bilinear interpolation about 4 ms, a grid
 of shape rules instead (see :mod:`surgery._meta_shapes` for what a rule is). A rule answers
 only a call it fully understands, with every tensor on meta and grad mode off, and returns a
 fresh meta tensor of exactly the real op's shape, dtype and layout; for any other call it
-falls back and the real op runs, so a call that the real op rejects (a channel or size
-mismatch, an output smaller than one element, ...) still raises torch's own error.
+falls back and the real op runs. A call the CPU kernel rejects raises under the mode too:
+the rule raises itself where the meta kernel would let the call pass (a conv bias of the
+wrong size, a softmax ``dim`` out of range, a weight of another dtype, ...), else the real
+op raises torch's own error.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from surgery._meta_layers import LAYER_RULES
 from surgery._meta_shapes import (
     FALLBACK,
     FLOATS,
-    LAYER_RULES,
     META,
     Params,
     Rule,
+    broadcast,
+    check_dim,
+    check_norm_dtypes,
     cpu_scalar,
     empty,
     float_meta,
@@ -158,22 +163,6 @@ def _elementwise(shape: tuple[int, ...], dtype: torch.dtype, tensors: Sequence[T
     return torch.empty_strided(shape, _compact(shape, order), dtype=dtype, device=META)
 
 
-def _broadcast(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...] | None:
-    """The broadcast shape of ``a`` and ``b``, None when they do not broadcast."""
-    if len(a) < len(b):
-        a, b = b, a
-    out = list(a)
-    offset = len(a) - len(b)
-    for i, s in enumerate(b):
-        t = out[offset + i]
-        if s != t:
-            if t == 1:
-                out[offset + i] = s
-            elif s != 1:
-                return None
-    return tuple(out)
-
-
 # --- activations, dropout, clamp -------------------------------------------------------------
 
 
@@ -205,7 +194,9 @@ _CLAMP = Params("input", ("min", None), ("max", None))
 
 
 def _clamp_args(b: Sequence[Any]) -> bool:
-    return (b[1] is not None or b[2] is not None) and all(v is None or number(v) for v in b[1:])
+    if b[1] is None and b[2] is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    return all(v is None or number(v) for v in b[1:])
 
 
 def _dropout(params: Params, dims: tuple[int, ...] | None, *, alpha: bool = False) -> Rule:
@@ -256,16 +247,20 @@ def _binary(kind: str, params: Params, *, inplace: bool = False) -> Rule:
         if dtype not in FLOATS and dtype not in _INTS:
             return FALLBACK
         if kind in ("add", "sub", "rsub"):
-            if type(extra) is not int and not (type(extra) is float and dtype in FLOATS):  # alpha
+            if type(extra) is float and dtype not in FLOATS:  # alpha
+                raise RuntimeError("For integral input tensors, argument alpha must not be a floating point number.")
+            if type(extra) not in (int, float):
                 return FALLBACK
         elif kind in ("div", "rdiv"):
             if extra is None:
                 dtype = dtype if dtype in FLOATS else torch.get_default_dtype()
+            elif isinstance(extra, str) and extra not in ("trunc", "floor"):
+                raise RuntimeError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found '{extra}'")
             elif extra not in ("trunc", "floor"):
                 return FALLBACK
         elif kind == "cmp":
             dtype = torch.bool
-        shape = _broadcast(x.shape, other.shape) if tensor and other.is_meta else tuple(x.shape)
+        shape = broadcast(x.shape, other.shape) if tensor and other.is_meta else tuple(x.shape)
         if shape is None:
             return FALLBACK
         if inplace:
@@ -287,6 +282,8 @@ def _softmax(params: Params) -> Rule:
         if bound is None:
             return FALLBACK
         x, dim, dtype = bound[0], bound[1], bound[-1]
+        if on_meta(x):
+            check_dim(dim, x)
         if not float_meta(x) or type(dim) is not int or not -max(x.dim(), 1) <= dim < max(x.dim(), 1):
             return FALLBACK
         if dtype is not None and dtype not in FLOATS:
@@ -309,6 +306,7 @@ def _layer_norm_rule(bound: Sequence[Any] | None) -> Any:
     if bound is None:
         return FALLBACK
     x, normalized, weight, bias = bound[:4]
+    check_norm_dtypes("layer_norm", x, (weight, bias))
     if not float_meta(x) or x.numel() == 0:
         return FALLBACK
     dims = ints(normalized, len(normalized), single=False) if isinstance(normalized, (list, tuple)) else None
@@ -331,6 +329,7 @@ def _group_norm_rule(bound: Sequence[Any] | None) -> Any:
     if bound is None:
         return FALLBACK
     x, groups, weight, bias = bound[:4]
+    check_norm_dtypes("group_norm", x, (weight, bias))
     if not float_meta(x) or x.dim() < 2 or x.numel() == 0 or type(groups) is not int or groups < 1:
         return FALLBACK
     channels = x.shape[1]
@@ -352,6 +351,12 @@ def _batch_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if bound is None:
         return FALLBACK
     x, mean, var, weight, bias, training, _, eps = bound
+    check_norm_dtypes("batch_norm", x, (mean, var, weight, bias))
+    if (on_meta(mean) and mean.dim() != 1 or on_meta(var) and var.dim() != 1) and float_meta(x) and x.dim() > 1:
+        for name, stat in (("running_mean", mean), ("running_var", var)):
+            if on_meta(stat) and stat.dim() != 1:
+                raise RuntimeError(f"batch_norm(): expected {name} to be 1-dimensional with {x.shape[1]} elements, but got {name} of "
+                                   f"size {list(stat.shape)}")
     if not float_meta(x) or x.dim() < 2 or x.numel() == 0 or type(training) is not bool or not number(eps):
         return FALLBACK
     if (eps <= 0 if training else eps < 0) or (training and x.numel() == x.shape[1]):  # one value per channel
@@ -369,6 +374,7 @@ def _instance_norm(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if bound is None:
         return FALLBACK
     x, mean, var, weight, bias, use_input_stats = bound[:6]
+    check_norm_dtypes("instance_norm", x, (weight, bias))
     if use_input_stats is not True or not float_meta(x) or x.dim() < 3 or x.numel() == 0:
         return FALLBACK
     if x.numel() == x.shape[0] * x.shape[1]:  # one spatial element
@@ -395,21 +401,6 @@ def _normalize(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return _elementwise(tuple(x.shape), x.dtype, (x, x))  # x decides the layout of x / norm: the norm has a 0 stride
 
 
-_MATMUL = Params("input", "other")
-
-
-def _matmul(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``matmul`` of two tensors of at least 2 dims: batch dims broadcast, always contiguous."""
-    bound = _MATMUL.bind(args, kwargs)
-    if bound is None:
-        return FALLBACK
-    a, b = bound
-    if not (float_meta(a) and on_meta(b) and b.dtype == a.dtype and a.dim() >= 2 and b.dim() >= 2 and a.shape[-1] == b.shape[-2]):
-        return FALLBACK
-    batch = _broadcast(a.shape[:-2], b.shape[:-2])
-    return FALLBACK if batch is None else empty((*batch, a.shape[-2], b.shape[-1]), a.dtype)
-
-
 # --- joining, roll, masked_fill ---------------------------------------------------------------
 
 _JOIN = Params("tensors", ("dim", 0))
@@ -427,6 +418,10 @@ def _joined(tensors: Any) -> bool:
 
 def _cat(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     bound = _JOIN.bind(args, kwargs)
+    if bound is not None and isinstance(bound[0], (list, tuple)):
+        for i, t in enumerate(bound[0]):
+            if on_meta(t) and t.dim() == 0:
+                raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be concatenated")
     if bound is None or not _joined(bound[0]) or type(bound[1]) is not int:
         return FALLBACK
     tensors, dim = bound
@@ -486,7 +481,7 @@ def _masked_fill(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     x, mask, value = bound
     if not float_meta(x) or not on_meta(mask) or mask.dtype != torch.bool or type(value) not in _NUMBERS:
         return FALLBACK
-    shape = _broadcast(x.shape, mask.shape)
+    shape = broadcast(x.shape, mask.shape)
     return FALLBACK if shape is None else empty(shape, x.dtype)
 
 
@@ -563,7 +558,7 @@ def _others() -> dict[Any, Rule]:
         F.batch_norm: _batch_norm, F.instance_norm: _instance_norm,
         torch.cat: _cat, torch.concat: _cat, torch.stack: _stack,
         torch.roll: _roll, _T.roll: _roll,
-        F.normalize: _normalize, torch.matmul: _matmul, _T.matmul: _matmul, _T.__matmul__: _matmul,
+        F.normalize: _normalize,
         torch.masked_fill: _masked_fill, _T.masked_fill: _masked_fill,
     }
 

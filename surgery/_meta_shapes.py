@@ -1,22 +1,30 @@
-"""Shape rules for meta tensors: the helpers every rule shares, and the layer ops.
+"""Shape rules for meta tensors: what every rule shares, and the checks the meta kernels skip.
 
 A *rule* answers one torch function on meta tensors from shape arithmetic alone: it takes the
 call's ``args`` and ``kwargs`` and returns the output (fresh ``torch.empty`` meta tensors of
 the real op's shape, dtype and layout), or :data:`FALLBACK` when the call is anything it does
-not fully understand, in which case the real op runs. A rule never raises for a bad call: it
-falls back, and the real op raises with torch's own message. So a rule only has to be exact
-on the calls it accepts. :mod:`surgery._meta_ops` holds the mode that applies the rules and
-the elementwise, normalization and shape-joining rules; this module holds the layers:
-convolution, pooling, linear, attention, interpolation and grid sampling (:data:`LAYER_RULES`).
+not fully understand, in which case the real op runs. So a rule only has to be exact on the
+calls it accepts.
+
+A rule also raises where the CPU kernel raises and the meta kernel would not: on torch's meta
+device many checks are missing (a conv bias of the wrong size, a softmax ``dim`` out of range,
+a weight of another dtype, an empty spatial dim an op cannot resample, ...), so a model that
+fails on its first real forward would pass a meta probe. The ``check_*`` functions here make
+those checks, with messages in torch's words that name the shapes; each costs a few integer
+comparisons. Where the meta kernel raises an error of the CPU kernel's class by itself, a
+rule may still fall back and let it. :mod:`surgery._meta_layers` holds the layer rules
+(convolution, pooling, linear, matmul, attention, embedding, interpolation, grid sampling) and
+:mod:`surgery._meta_ops` the mode that applies the rules and the elementwise, normalization
+and shape-joining rules.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -33,7 +41,16 @@ __all__ = [
     "ints",
     "empty",
     "suggested_format",
-    "LAYER_RULES",
+    "broadcast",
+    "check_dim",
+    "check_conv",
+    "check_adaptive_avg",
+    "check_resample",
+    "check_grid_sample",
+    "check_matmul_dtypes",
+    "check_linear",
+    "check_norm_dtypes",
+    "check_embedding",
 ]
 
 #: What a rule returns to have the real op run instead.
@@ -127,6 +144,22 @@ def empty(shape: Sequence[int], dtype: torch.dtype, memory_format: torch.memory_
     return torch.empty(shape, dtype=dtype, device=META, memory_format=memory_format)
 
 
+def broadcast(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...] | None:
+    """The broadcast shape of ``a`` and ``b``, None when they do not broadcast."""
+    if len(a) < len(b):
+        a, b = b, a
+    out = list(a)
+    offset = len(a) - len(b)
+    for i, s in enumerate(b):
+        t = out[offset + i]
+        if s != t:
+            if t == 1:
+                out[offset + i] = s
+            elif s != 1:
+                return None
+    return tuple(out)
+
+
 def suggested_format(t: Tensor) -> torch.memory_format:
     """The memory format torch's kernels give an output made from ``t``: channels-last when
     ``t``'s strides are ordered like channels-last (4-D or 5-D), contiguous otherwise."""
@@ -146,302 +179,177 @@ def suggested_format(t: Tensor) -> torch.memory_format:
     return torch.channels_last if d == 4 else torch.channels_last_3d
 
 
-def _spatial_input(x: Any, n: int) -> bool:
-    """A floating meta tensor with ``n`` spatial dims, batched or not, and no empty dimension."""
-    return float_meta(x) and x.dim() in (n + 1, n + 2) and x.numel() > 0
+# --- checks the meta kernels skip ------------------------------------------------------------
+#
+# Each raises what the CPU kernel raises (same class, a message in torch's words naming the
+# shapes) for a call the meta kernel would answer (or refuse with an error of another class),
+# and returns otherwise. They are called with the call's raw arguments and judge only what
+# they can read; anything else is left to the real op.
+
+_REDUCED = frozenset({torch.float16, torch.bfloat16})
 
 
-# --- convolution -----------------------------------------------------------------------------
-
-_CONV = Params("input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
-
-
-def _conv(n: int) -> Rule:
-    def rule(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        bound = _CONV.bind(args, kwargs)
-        if bound is None:
-            return FALLBACK
-        x, w, bias, stride, padding, dilation, groups = bound
-        if not (_spatial_input(x, n) and on_meta(w) and w.dtype == x.dtype and w.dim() == n + 2 and w.numel() > 0):
-            return FALLBACK
-        out_channels = w.shape[0]
-        if type(groups) is not int or groups < 1 or out_channels % groups or x.shape[-n - 1] != w.shape[1] * groups:
-            return FALLBACK
-        if bias is not None and not (on_meta(bias) and bias.dtype == x.dtype and tuple(bias.shape) == (out_channels,)):
-            return FALLBACK
-        steps, dilations = ints(stride, n), ints(dilation, n)
-        if steps is None or dilations is None or min(steps) < 1 or min(dilations) < 1:
-            return FALLBACK
-        spatial = x.shape[-n:]
-        if padding == "same":
-            if max(steps) != 1:
-                return FALLBACK
-            out = list(spatial)
-        else:
-            pads = (0,) * n if padding == "valid" else ints(padding, n)
-            if pads is None or min(pads) < 0:
-                return FALLBACK
-            out = []
-            for size, k, p, s, d in zip(spatial, w.shape[2:], pads, steps, dilations, strict=True):
-                reach = d * (k - 1) + 1
-                if size + 2 * p < reach:
-                    return FALLBACK
-                out.append((size + 2 * p - reach) // s + 1)
-        shape = [x.shape[0], out_channels, *out] if x.dim() == n + 2 else [out_channels, *out]
-        return empty(shape, x.dtype)  # the meta convolution always answers contiguous
-
-    return rule
+def check_dim(dim: Any, t: Tensor) -> None:
+    """An ``IndexError`` when the int ``dim`` is not a dimension of ``t`` (a 0-dim tensor has
+    dims -1 and 0, as in torch)."""
+    rank = max(t.dim(), 1)
+    if type(dim) is int and not -rank <= dim < rank:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {dim})")
 
 
-# --- pooling ---------------------------------------------------------------------------------
+def check_conv(x: Any, w: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any, n: int,
+               output_padding: Any = None) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...] | None] | None:
+    """The argument checks of a convolution (``output_padding`` not None: a transposed one), in
+    the CPU kernel's order: signs of padding, stride, dilation and groups; the weight against
+    ``groups``; the input's channels; the bias; the output padding; the dtypes.
 
-
-def _pooled(size: int, k: int, p: int, s: int, d: int, ceil_mode: bool) -> int:
-    """Output length of a pooling window over ``size`` (torch's formula, ceil mode included)."""
-    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-def _window(x: Any, n: int, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any) -> list[int] | None:
-    """The pooled output shape, or None when any argument is out of the ordinary or the output
-    would be empty."""
-    if not _spatial_input(x, n) or type(ceil_mode) is not bool:
+    Returns:
+        ``(stride, padding, dilation, output_padding)`` as ``n`` ints each (zeros for a string
+        padding, None for a plain convolution's output padding) when the input and weight are
+        meta tensors and every argument was read and passed; None when the real op judges.
+    """
+    if type(x) not in _PLAIN or type(w) not in _PLAIN or not (x.is_meta and w.is_meta):
         return None
-    ks = ints(kernel_size, n)
-    ss = ks if stride is None or (isinstance(stride, (list, tuple)) and not stride) else ints(stride, n)
-    ps, ds = ints(padding, n), ints(dilation, n)
-    if ks is None or ss is None or ps is None or ds is None or min(ks) < 1 or min(ss) < 1 or min(ds) < 1 or min(ps) < 0:
+    rank, size = x.dim(), w.shape
+    if rank != n + 1 and rank != n + 2:
         return None
-    out = list(x.shape[:-n])
-    for size, k, s, p, d in zip(x.shape[-n:], ks, ss, ps, ds, strict=True):
-        if 2 * p > k or 2 * p > d * (k - 1) + 1:  # both of torch's padding limits
-            return None
-        length = _pooled(size, k, p, s, d, ceil_mode)
-        if length < 1:
-            return None
-        out.append(length)
-    return out
-
-
-def _max_pool(n: int, indices: str) -> Rule:
-    """Max pooling: ``indices`` is ``"flag"`` for ``F.max_pool{n}d`` (``return_indices``),
-    ``"always"`` for ``F.max_pool{n}d_with_indices``, ``"never"`` for ``torch.max_pool{n}d``."""
-    spec: list[str | tuple[str, Any]] = [
-        "input", "kernel_size", ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False)]
-    params = Params(*spec) if indices == "never" else Params(*spec, ("return_indices", False))
-
-    def rule(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        bound = params.bind(args, kwargs)
-        if bound is None:
-            return FALLBACK
-        x, kernel_size, stride, padding, dilation, ceil_mode, *flag = bound
-        shape = _window(x, n, kernel_size, stride, padding, dilation, ceil_mode)
-        if shape is None or (flag and type(flag[0]) is not bool):
-            return FALLBACK
-        fmt = suggested_format(x)
-        out = empty(shape, x.dtype, fmt)
-        return (out, empty(shape, torch.int64, fmt)) if indices == "always" or (flag and flag[0]) else out
-
-    return rule
-
-
-_AVG_POOL = Params("input", "kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
-                   ("count_include_pad", True), ("divisor_override", None))
-_AVG_POOL1D = Params("input", "kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False), ("count_include_pad", True))
-
-
-def _avg_pool(n: int) -> Rule:
-    params = _AVG_POOL1D if n == 1 else _AVG_POOL
-
-    def rule(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        bound = params.bind(args, kwargs)
-        if bound is None:
-            return FALLBACK
-        x, kernel_size, stride, padding, ceil_mode, count_include_pad, *divisor = bound
-        if type(count_include_pad) is not bool or (divisor and divisor[0] is not None and (type(divisor[0]) is not int or divisor[0] == 0)):
-            return FALLBACK
-        shape = _window(x, n, kernel_size, stride, padding, 1, ceil_mode)
-        return FALLBACK if shape is None else empty(shape, x.dtype, suggested_format(x))
-
-    return rule
-
-
-def _adaptive(n: int, indices: str, *, nones: bool) -> Rule:
-    """Adaptive pooling; ``indices`` as for :func:`_max_pool` (``"never"`` for average pooling).
-    ``nones``: an output size of None keeps the input's size (the functional 2-d and 3-d forms)."""
-    params = Params("input", "output_size") if indices == "never" else Params("input", "output_size", ("return_indices", False))
-
-    def rule(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        bound = params.bind(args, kwargs)
-        if bound is None or not _spatial_input(bound[0], n):
-            return FALLBACK
-        x, size, *flag = bound
-        if type(size) is int:
-            size = (size,) * n
-        if not isinstance(size, (list, tuple)) or len(size) != n or (flag and type(flag[0]) is not bool):
-            return FALLBACK
-        spatial = [s if o is None and nones else o for o, s in zip(size, x.shape[-n:], strict=True)]
-        if not all(type(o) is int and o > 0 for o in spatial):
-            return FALLBACK
-        shape = [*x.shape[:-n], *spatial]
-        fmt = suggested_format(x)
-        out = empty(shape, x.dtype, fmt)
-        return (out, empty(shape, torch.int64, fmt)) if indices == "always" or (flag and flag[0]) else out
-
-    return rule
-
-
-# --- linear and attention ------------------------------------------------------------------
-
-_LINEAR = Params("input", "weight", ("bias", None))
-
-
-def _linear(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    bound = _LINEAR.bind(args, kwargs)
-    if bound is None:
-        return FALLBACK
-    x, w, bias = bound
-    if not float_meta(x) or x.dim() < 1 or x.numel() == 0 or not on_meta(w) or w.dtype != x.dtype or w.dim() != 2:
-        return FALLBACK
-    if x.shape[-1] != w.shape[1] or not vector(bias, x, (w.shape[0],)):
-        return FALLBACK
-    return empty((*x.shape[:-1], w.shape[0]), x.dtype)  # contiguous whatever the input's layout
-
-
-_ATTENTION = Params("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k", "bias_v",
-                    "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", ("training", True), ("key_padding_mask", None),
-                    ("need_weights", True), ("attn_mask", None), ("use_separate_proj_weight", False), ("q_proj_weight", None),
-                    ("k_proj_weight", None), ("v_proj_weight", None), ("static_k", None), ("static_v", None),
-                    ("average_attn_weights", True), ("is_causal", False))
-
-
-def _attention(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``F.multi_head_attention_forward`` for plain self-attention (query, key and value one
-    tensor; packed in-projection; no masks, extra key/value biases or static keys)."""
-    bound = _ATTENTION.bind(args, kwargs)
-    if bound is None:
-        return FALLBACK
-    (q, k, v, embed, heads, w_in, b_in, bias_k, bias_v, zero_attn, p, w_out, b_out, training, padding_mask, need_weights,
-     mask, separate, w_q, w_k, w_v, static_k, static_v, average, causal) = bound
-    if not (q is k and k is v and float_meta(q) and q.dim() in (2, 3) and q.numel()):
-        return FALLBACK
-    if any(a is not None for a in (bias_k, bias_v, padding_mask, mask, w_q, w_k, w_v, static_k, static_v)):
-        return FALLBACK
-    if zero_attn is not False or separate is not False or causal is not False or not number(p) or not 0 <= p <= 1:
-        return FALLBACK
-    if not all(type(flag) is bool for flag in (training, need_weights, average)):
-        return FALLBACK
-    e = q.shape[-1]
-    if type(embed) is not int or embed != e or type(heads) is not int or heads < 1 or e % heads:
-        return FALLBACK
-    if not (on_meta(w_in) and vector(w_in, q, (3 * e, e)) and vector(b_in, q, (3 * e,))):
-        return FALLBACK
-    if not (on_meta(w_out) and w_out.dtype == q.dtype and w_out.dim() == 2 and w_out.shape[1] == e):
-        return FALLBACK
-    if not vector(b_out, q, (w_out.shape[0],)):
-        return FALLBACK
-    batch = tuple(q.shape[1:2]) if q.dim() == 3 else ()
-    length = q.shape[0]
-    out = empty((length, *batch, w_out.shape[0]), q.dtype)
-    if not need_weights:
-        return out, None
-    return out, empty((*batch, *(() if average else (heads,)), length, length), q.dtype)
-
-
-# --- interpolation and grid sampling ---------------------------------------------------------
-
-_INTERPOLATE = Params("input", ("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
-                      ("recompute_scale_factor", None), ("antialias", False))
-#: mode -> the input dims it takes
-_MODES = {"nearest": (3, 4, 5), "nearest-exact": (3, 4, 5), "area": (3, 4, 5), "linear": (3,), "bilinear": (4,),
-          "bicubic": (4,), "trilinear": (5,)}
-
-
-def _scaled(size: int, scale: Any) -> int | None:
-    """``size`` scaled by ``scale`` and rounded down, None when ``scale`` is not a plain number."""
-    if type(scale) not in (int, float):
+    if len(size) != n + 2:
+        raise RuntimeError(f"expected a {n + 2}-dimensional weight for a {n}-d convolution, but got weight of size {list(size)}")
+    steps, dilations = ints(stride, n), ints(dilation, n)
+    pads = (0,) * n if type(padding) is str else ints(padding, n)
+    out_pads = None if output_padding is None else ints(output_padding, n)
+    if steps is None or dilations is None or pads is None or type(groups) is not int or (out_pads is None and output_padding is not None):
         return None
-    return int(size * float(scale))
+    if min(pads) < 0:
+        raise RuntimeError("negative padding is not supported")
+    if out_pads is not None and min(out_pads) < 0:
+        raise RuntimeError("negative output_padding is not supported")
+    if min(steps) < 1:
+        raise RuntimeError("non-positive stride is not supported")
+    if min(dilations) < 1:
+        raise RuntimeError("non-positive dilation is not supported")
+    if groups < 1:
+        raise RuntimeError("non-positive groups is not supported")
+    if size[0] < groups or size[0] % groups:
+        expected = "at least" if size[0] < groups else "divisible by"
+        raise RuntimeError(f"Given groups={groups}, expected weight to be {expected} {groups} at dimension 0, but got weight of size "
+                           f"{list(size)} instead")
+    given = f"Given groups={groups}" if out_pads is None else "Given transposed=1"
+    channels = x.shape[1] if rank == n + 2 else x.shape[0]
+    expected, outs = (size[1] * groups, size[0]) if out_pads is None else (size[0], size[1] * groups)
+    if channels != expected:
+        shape = list(x.shape) if rank == n + 2 else [1, *x.shape]
+        raise RuntimeError(f"{given}, weight of size {list(size)}, expected input{shape} to have {expected} channels, but got "
+                           f"{channels} channels instead")
+    if isinstance(bias, Tensor) and (bias.dim() != 1 or bias.shape[0] != outs):
+        raise RuntimeError(f"{given}, weight of size {list(size)}, expected bias to be 1-dimensional with {outs} elements, but got "
+                           f"bias of size {list(bias.shape)} instead")
+    if out_pads is not None and any(p >= s and p >= d for p, s, d in zip(out_pads, steps, dilations, strict=True)):
+        raise RuntimeError(f"output padding must be smaller than either stride or dilation, but got output_padding={list(out_pads)}, "
+                           f"stride={list(steps)} and dilation={list(dilations)}")
+    if w.dtype != x.dtype:
+        raise RuntimeError(f"Input type ({x.dtype}) and weight type ({w.dtype}) should be the same")
+    if isinstance(bias, Tensor) and bias.dtype != x.dtype:
+        raise RuntimeError(f"Input type ({x.dtype}) and bias type ({bias.dtype}) should be the same")
+    return steps, pads, dilations, out_pads
 
 
-def _interpolate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    bound = _INTERPOLATE.bind(args, kwargs)
-    if bound is None:
-        return FALLBACK
-    x, size, scale_factor, mode, align_corners, recompute, antialias = bound
-    if mode not in _MODES or not float_meta(x) or x.dim() not in _MODES[mode] or x.numel() == 0:
-        return FALLBACK
-    resamples = mode in ("linear", "bilinear", "bicubic", "trilinear")
-    if not (align_corners is None or (resamples and type(align_corners) is bool)):
-        return FALLBACK
-    if antialias is not False and not (antialias is True and mode in ("bilinear", "bicubic")):
-        return FALLBACK
-    if recompute not in (None, False, True) or (size is None) == (scale_factor is None) or (recompute and size is not None):
-        return FALLBACK
-    n = x.dim() - 2
-    if size is not None:
-        out = ints(size, n, single=False)
+def check_adaptive_avg(x: Tensor, n: int, out: Sequence[int]) -> None:
+    """Adaptive average pooling to ``out`` over ``x`` (a meta tensor of ``n`` spatial dims,
+    batched or not): an output of ones is a mean and takes anything; otherwise the CPU kernel
+    refuses an empty spatial dim (3-d pooling: an empty channel dim of a batched input too)."""
+    if all(o == 1 for o in out):
+        return
+    for i in range(-n, 0) if n < 3 else range(1, x.dim()):
+        if x.shape[i] == 0:
+            raise RuntimeError(f"adaptive_avg_pool{max(n, 2)}d(): Expected input to have non-zero size for non-batch dimensions, "
+                               f"but input has sizes {list(x.shape)} with dimension {i % x.dim()} being empty")
+
+
+def check_resample(x: Tensor, out: Sequence[int]) -> None:
+    """Upsampling (any mode but area) of ``x`` (a batched meta tensor) to spatial size ``out``:
+    every input and output size must be positive, and only the batch dim may be empty."""
+    spatial = list(x.shape[2:])
+    if min(spatial) < 1 or min(out) < 1:
+        raise RuntimeError(f"Input and output sizes should be greater than 0, but got input {spatial} and output {list(out)}")
+    if x.shape[1] == 0:
+        raise RuntimeError(f"Non-empty {x.dim()}D data tensor expected but got a tensor with sizes {list(x.shape)}")
+
+
+def check_grid_sample(x: Any, grid: Any) -> None:
+    """``grid_sample`` of a 4-d or 5-d meta tensor: batch sizes agree, the grid's last dim is the
+    number of spatial dims, no spatial dim is empty, and the grid has the input's dtype."""
+    if not (on_meta(x) and on_meta(grid)):
+        return
+    if x.dim() != grid.dim() or x.dim() not in (4, 5):
+        raise RuntimeError(f"grid_sampler(): expected 4D or 5D input and grid with same number of dimensions, but got input with "
+                           f"sizes {list(x.shape)} and grid with sizes {list(grid.shape)}")
+    if x.shape[0] != grid.shape[0]:
+        raise RuntimeError(f"grid_sampler(): expected grid and input to have same batch size, but got input with sizes "
+                           f"{list(x.shape)} and grid with sizes {list(grid.shape)}")
+    if grid.shape[-1] != x.dim() - 2:
+        raise RuntimeError(f"grid_sampler(): expected grid to have size {x.dim() - 2} in last dimension, but got grid with sizes "
+                           f"{list(grid.shape)}")
+    for i in range(2, x.dim()):
+        if x.shape[i] == 0:
+            raise RuntimeError(f"grid_sampler(): expected input to have non-empty spatial dimensions, but input has sizes "
+                               f"{list(x.shape)} with dimension {i} being empty")
+    if grid.dtype != x.dtype:
+        raise RuntimeError(f"grid_sampler(): expected grid to have the input's dtype {x.dtype}, but got grid of dtype {grid.dtype}")
+
+
+def check_matmul_dtypes(a: Any, b: Any) -> None:
+    """A matrix product of two meta tensors (of at least 1 dim) takes one dtype for both."""
+    if on_meta(a) and on_meta(b) and a.dtype != b.dtype and a.dim() and b.dim():
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: {a.dtype} != {b.dtype}")
+
+
+def check_linear(x: Any, w: Any, bias: Any) -> None:
+    """``linear``: the weight has the input's dtype; the bias broadcasts to the output. The CPU
+    kernel adds the bias in a fused ``addmm`` to the input flattened to 2 dims when the input
+    is 2-d, or contiguous with a contiguous bias of one non-trivial dim: there the bias must
+    broadcast to the flattened output and have the input's dtype. Otherwise it is added to
+    the output in place, which casts it."""
+    if not (on_meta(x) and on_meta(w) and x.dim() and w.dim()):
+        return
+    if w.dtype != x.dtype:
+        check_matmul_dtypes(x, w)
+    if not on_meta(bias) or w.dim() != 2 or bias.dim() == 1 and bias.shape[0] == w.shape[0] and bias.dtype == x.dtype:
+        return  # no bias, or the usual one
+    fused = x.dim() == 2 or x.is_contiguous() and bias.is_contiguous() and (bias.dim() == 1 or bias.squeeze().dim() == 1)
+    target = [math.prod(x.shape[:-1]), w.shape[0]] if fused else [*x.shape[:-1], w.shape[0]]
+    if bias.dim() > len(target) or any(b not in (1, t) for b, t in zip(reversed(bias.shape), reversed(target), strict=False)):
+        flattened = " (the input flattened to 2 dims)" if fused and x.dim() != 2 else ""
+        raise RuntimeError(f"linear(): expected bias to broadcast to the output of size {target}{flattened}, but got bias of size "
+                           f"{list(bias.shape)}")
+    if fused and bias.dtype != x.dtype:
+        raise RuntimeError(f"self and mat2 must have the same dtype, but got {bias.dtype} and {x.dtype}")
+
+
+def check_norm_dtypes(op: str, x: Any, params: Sequence[Any]) -> None:
+    """A normalization's parameters (weights, biases, running statistics) all have the input's
+    dtype, or are all float32 for a float16 or bfloat16 input (the CPU kernels' mixed mode)."""
+    if type(x) not in _PLAIN or not x.is_meta or x.dtype not in FLOATS:
+        return
+    dtype = x.dtype
+    for p in params:
+        if type(p) in _PLAIN and p.dtype != dtype and p.is_meta:
+            break
     else:
-        factors = scale_factor if isinstance(scale_factor, (list, tuple)) else (scale_factor,) * n
-        scaled = [_scaled(s, f) for s, f in zip(x.shape[2:], factors, strict=False)] if len(factors) == n else []
-        out = tuple(o for o in scaled if o is not None) if len(scaled) == n else None
-    if out is None or len(out) != n or min(out) < 1:
-        return FALLBACK
-    return empty([*x.shape[:2], *out], x.dtype, suggested_format(x))
+        return
+    given = [p for p in params if on_meta(p)]
+    if dtype not in _REDUCED or any(p.dtype != torch.float32 for p in given):
+        dtypes = ", ".join(str(p.dtype) for p in given)
+        raise RuntimeError(f"{op}(): mixed dtype (CPU): expected the parameters to be {dtype} like the input (or float32 for a "
+                           f"float16 or bfloat16 input), but got input of dtype {dtype} and parameters of dtypes {dtypes}")
 
 
-_GRID_SAMPLE = Params("input", "grid", ("mode", "bilinear"), ("padding_mode", "zeros"), ("align_corners", None))
-
-
-def _grid_sample(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    bound = _GRID_SAMPLE.bind(args, kwargs)
-    if bound is None:
-        return FALLBACK
-    x, grid, mode, padding_mode, align_corners = bound
-    if (mode not in ("bilinear", "nearest", "bicubic") or padding_mode not in ("zeros", "border", "reflection")
-            or type(align_corners) is not bool):  # None warns: the real op says so
-        return FALLBACK
-    if not (float_meta(x) and on_meta(grid) and grid.dtype == x.dtype and x.dim() == grid.dim()):
-        return FALLBACK
-    d = x.dim()
-    if d not in (4, 5) or (mode == "bicubic" and d != 4) or x.numel() == 0 or grid.numel() == 0:
-        return FALLBACK
-    if x.shape[0] != grid.shape[0] or grid.shape[-1] != d - 2:
-        return FALLBACK
-    return empty([*x.shape[:2], *grid.shape[1:-1]], x.dtype)
-
-
-LAYER_RULES: dict[Any, Rule] = {
-    torch._C._nn.linear: _linear,
-    F.multi_head_attention_forward: _attention,
-    torch.conv1d: _conv(1),
-    torch.conv2d: _conv(2),
-    torch.conv3d: _conv(3),
-    F.max_pool1d: _max_pool(1, "flag"),
-    F.max_pool2d: _max_pool(2, "flag"),
-    F.max_pool3d: _max_pool(3, "flag"),
-    F.max_pool1d_with_indices: _max_pool(1, "always"),
-    F.max_pool2d_with_indices: _max_pool(2, "always"),
-    F.max_pool3d_with_indices: _max_pool(3, "always"),
-    torch.max_pool1d: _max_pool(1, "never"),
-    torch.max_pool2d: _max_pool(2, "never"),
-    torch.max_pool3d: _max_pool(3, "never"),
-    torch.avg_pool1d: _avg_pool(1),
-    torch._C._nn.avg_pool2d: _avg_pool(2),
-    torch._C._nn.avg_pool3d: _avg_pool(3),
-    torch.adaptive_avg_pool1d: _adaptive(1, "never", nones=False),
-    F.adaptive_avg_pool2d: _adaptive(2, "never", nones=True),
-    F.adaptive_avg_pool3d: _adaptive(3, "never", nones=True),
-    torch._C._nn.adaptive_avg_pool2d: _adaptive(2, "never", nones=False),
-    torch._C._nn.adaptive_avg_pool3d: _adaptive(3, "never", nones=False),
-    F.adaptive_max_pool1d: _adaptive(1, "flag", nones=False),
-    F.adaptive_max_pool2d: _adaptive(2, "flag", nones=True),
-    F.adaptive_max_pool3d: _adaptive(3, "flag", nones=True),
-    F.adaptive_max_pool1d_with_indices: _adaptive(1, "always", nones=False),
-    F.adaptive_max_pool2d_with_indices: _adaptive(2, "always", nones=True),
-    F.adaptive_max_pool3d_with_indices: _adaptive(3, "always", nones=True),
-    F.interpolate: _interpolate,
-    F.grid_sample: _grid_sample,
-}
+def check_embedding(indices: Any, weight: Any) -> None:
+    """``embedding``: a 2-d weight, with at least one row when any index is looked up."""
+    if not (on_meta(weight) and on_meta(indices)):
+        return
+    if weight.dim() != 2:
+        raise RuntimeError(f"'weight' must be 2-D, but got weight of size {list(weight.shape)}")
+    if weight.shape[0] == 0 and indices.numel():
+        raise RuntimeError(f"index_select(): self indexing axis dim should be positive, but the weight of size {list(weight.shape)} "
+                           f"has no rows for indices of size {list(indices.shape)}")
