@@ -139,6 +139,8 @@ def _coverage(model: nn.Module, anatomy: Anatomy, ran: list[Contract], probe: Mo
             ways.append("probe")
         slots[slot.path] = tuple(ways)
     note = probe.reason if probe.status in ("stopped", "skipped") else f"fed {probe.input}" if probe.input else ""
+    if probe.status == "stopped" and anatomy.probe_stops:
+        note = f"{note} ({anatomy.probe_stops})"
     specific = anatomy.knows_model or probe.status in ("ran", "raised") or any(slots.values())
     return Coverage(anatomy.name, slots, probe.status, note, specific)
 

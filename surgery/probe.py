@@ -10,6 +10,7 @@ When it cannot run on meta at all (an op whose output size depends on the data, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,8 +259,8 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
         except Exception as e:  # noqa: BLE001 - any failure inside user code becomes a finding or a stop
             if _is_probe_limitation(e):
                 where = ran.innermost() or ""
-                return ModelProbe("stopped", f"{where or '<model>'} ran an op that cannot run on meta ({first_line(e)[:80]})",
-                                  described, ran.completed)
+                return ModelProbe("stopped", f"{where or '<model>'} ran {_op_of(e)}, which cannot run on meta",
+                                  described, ran.completed, train=train, slot_io=ran.io)
         watch = _Watch(model)
         try:
             with watch:
@@ -273,6 +274,13 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
         if moved:
             for m, flag in flags:
                 m.training = flag
+
+
+def _op_of(error: BaseException) -> str:
+    """The op a meta run could not run, as torch names it (``torch.nonzero``), else the error's first words."""
+    text = first_line(error)
+    found = re.search(r"\b(torch\.[\w.]+|aten::\w+|aten\.\w+)", text)
+    return found.group(1).removesuffix("()") if found else f"an op ({text[:80]})"
 
 
 def _run(model: nn.Module, state: MetaState, inputs: tuple[Any, ...]) -> Any:

@@ -3,6 +3,7 @@ the report API, leaving no trace, and ``surgery check`` on the command line."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -690,7 +691,7 @@ def test_example_script_prints_the_findings(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert out.count("error [orphan-module] mask_predictor -> roi_heads.mask_predictor") == 2
     assert out.count("error [channel-mismatch] roi_heads.mask_head -> roi_heads.mask_predictor") == 2
-    assert "surgery check: examples/deeper_mask_head.py:fixed: ok, no findings (12 checks ran)" in out
+    assert "surgery check: examples/deeper_mask_head.py:fixed: ok, no findings (13 checks ran)" in out
 
 
 # --------------------------------------------------------------------------- featmap-missing on stock and custom backbones
@@ -902,9 +903,15 @@ def test_a_contract_that_cannot_read_a_module_is_a_warning_not_a_crash(bases: Ca
     model = bases("maskrcnn")
     with swapped(model, {"rpn.anchor_generator": WeirdGenerator()}):
         report = surgery.check(model)
-    assert report.ok
-    assert [(f.severity, f.code) for f in report.findings] == [("warning", "shape-error")] * 2
-    assert report.findings[0].message.startswith("could not evaluate contract 'backbone channels → RPN head input': RuntimeError: no anchors today")
+    # the contracts that ask it for anchors say they could not; the whole-model probe runs it and
+    # finds that the RPN cannot use what it returns (the first real forward would raise the same)
+    assert [(f.severity, f.code, f.paths) for f in report.findings] == [
+        ("error", "shape-error", ("backbone", "rpn")),
+        ("warning", "shape-error", ("backbone", "rpn.head")),
+        ("warning", "shape-error", ("rpn.anchor_generator", "rpn.head")),
+    ]
+    assert report.findings[0].message.endswith("'ImageList' object has no attribute 'size'")
+    assert report.findings[1].message.startswith("could not evaluate contract 'backbone channels → RPN head input': RuntimeError: no anchors today")
 
 
 # --------------------------------------------------------------------------- the command line
@@ -923,10 +930,10 @@ def test_cli_check_default_model_exits_0(capsys: pytest.CaptureFixture[str]) -> 
     code, out, _ = run_main(capsys, "check")
     assert code == 0
     assert out.strip().splitlines() == [
-        "surgery check: torchvision.models.detection:maskrcnn_resnet50_fpn: ok, no findings (12 checks ran)",
-        "coverage: 11 slots (R-CNN anatomy): 11 by contracts, 0 by the whole-model probe; every slot checked; probe skipped: "
-        "detection post-processing has ops whose output size depends on the data (nonzero, nms), which cannot run on meta; "
-        "the contracts probe each slot instead",
+        "surgery check: torchvision.models.detection:maskrcnn_resnet50_fpn: ok, no findings (13 checks ran)",
+        "coverage: 11 slots (R-CNN anatomy): 11 by contracts, 5 by the whole-model probe; every slot checked; probe stopped: "
+        "<model> ran torch.nonzero, which cannot run on meta (as expected: the post-processing keeps boxes by their scores, "
+        "so its sizes depend on the data; the contracts probe each slot after it)",
     ]
 
 
@@ -961,7 +968,7 @@ def test_cli_check_github_format(capsys: pytest.CaptureFixture[str], monkeypatch
 def test_cli_check_fixed_example_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "check", f"{EXAMPLE}:fixed", *SMALL)
     assert code == 0
-    assert out.strip().splitlines()[0].endswith(":fixed: ok, no findings (12 checks ran)")
+    assert out.strip().splitlines()[0].endswith(":fixed: ok, no findings (13 checks ran)")
 
 
 @pytest.mark.parametrize(
@@ -1016,3 +1023,16 @@ def test_transposed_conv_guard_raises_like_the_real_kernel_and_leaves_no_hook() 
     with pytest.raises(RuntimeError, match="expected input.* to have 256 channels, but got 512"):
         predictor(torch.zeros(1, 512, 14, 14))  # the real CPU kernel agrees
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in predictor.modules())
+
+
+def test_a_dense_head_layer_that_changes_the_map_size_is_an_anchor_mismatch(shared: Any) -> None:
+    model = copy.deepcopy(shared("ssdlite320_mobilenet_v3_large"))
+    old = model.head.classification_head.module_list[1][0][0]  # a depthwise 3×3 conv with padding 1
+    model.head.classification_head.module_list[1][0][0] = nn.Conv2d(480, 480, 1, padding=1, groups=480, bias=False)
+    assert (old.kernel_size, old.padding) == ((3, 3), (1, 1))
+    (error,) = surgery.check(model).errors
+    assert (error.code, error.paths) == ("anchor-mismatch", ("head.classification_head", "anchor_generator"))
+    assert error.message.startswith(
+        "head.classification_head makes 3498 predictions per image (output (2, 3498, 91)) but anchor_generator makes "
+        "3234 anchors per image; the box decoding pairs each prediction with an anchor, so the forward raises"
+    )

@@ -115,7 +115,7 @@ def test_every_result_class_has_short_repr_and_html(models: dict[str, nn.Module]
         "diff": surgery.diff(before, fixed, cost=False),
     }
     reprs = {name: repr(r) for name, r in results.items()}
-    assert reprs["report"] == "<Report MaskRCNN: ok, 0 warning(s), 12 checks>"
+    assert reprs["report"] == "<Report MaskRCNN: ok, 0 warning(s), 13 checks>"
     assert reprs["overview"] == "<Overview MaskRCNN (R-CNN): 30,574,561 parameters, 11 components>"
     assert reprs["edit"] == ("<EditResult replace roi_heads.mask_head: MaskRCNNHeads → MaskRCNNHeads; rebuilt roi_heads.mask_predictor; "
                              "3 copied, 1 initialised; check ok>")
@@ -197,9 +197,9 @@ def test_markdown_format_of_a_clean_report_ends_with_the_coverage(models: dict[s
     report = surgery.check(models["fixed"])
     text = report.format("markdown")
     lines = text.splitlines()
-    assert lines[0] == "**surgery check: MaskRCNN**: ok, 0 warning(s), 12 checks ran"
+    assert lines[0] == "**surgery check: MaskRCNN**: ok, 0 warning(s), 13 checks ran"
     assert lines[1] == ""
-    assert lines[2].startswith("coverage: 11 slots (R-CNN anatomy): 11 by contracts, 0 by the whole-model probe; every slot checked;")
+    assert lines[2].startswith("coverage: 11 slots (R-CNN anatomy): 11 by contracts, 5 by the whole-model probe; every slot checked;")
     assert len(lines) == 3
 
 

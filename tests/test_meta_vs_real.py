@@ -65,34 +65,11 @@ MUTATED = [
     "r3d_18",
     "raft_small",
     "maskrcnn_resnet50_fpn",
+    "retinanet_resnet50_fpn",
+    "ssdlite320_mobilenet_v3_large",
 ]
 FAST_MUTATIONS = 10
 SLOW_MUTATIONS = 100
-
-_BODY_UNRUN = (
-    "check runs no layer inside a detection model's stock backbone body (the family skips the whole-model "
-    "probe and BackboneWithFPN is read without running it): a broken layer there passes with no error"
-)
-_HEAD_UNRUN = (
-    "check reads only the first layer of a detection head (rpn.head, roi_heads.mask_head) and runs none: "
-    "a broken layer after it passes with no error"
-)
-_FPN_UNREAD = (
-    "check reads the FPN's inner blocks against the body and the widths its layer blocks produce, but not "
-    "what each layer block takes: a layer block taking the wrong width passes with no error"
-)
-#: The seeds below :data:`SLOW_MUTATIONS` on which ``check`` agrees with the real forward of Mask R-CNN.
-_MASKRCNN_AGREES = {14, 19, 20, 28, 37, 45, 53, 54, 58, 60, 68, 74, 79}
-_MASKRCNN_ODD = {6: _HEAD_UNRUN, 10: _HEAD_UNRUN, 63: _HEAD_UNRUN, 76: _FPN_UNREAD}
-#: ``{model: {seed: why}}``: mutations on which ``check`` and the real forward are known to
-#: disagree (each one missed: the real forward raises, ``check`` says ok). The sweeps leave them
-#: out; ``test_known_disagreement`` holds each one, skipped.
-KNOWN: dict[str, dict[int, str]] = {
-    "maskrcnn_resnet50_fpn": {
-        s: _MASKRCNN_ODD.get(s, _BODY_UNRUN) for s in range(SLOW_MUTATIONS) if s not in _MASKRCNN_AGREES
-    },
-}
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
@@ -428,10 +405,9 @@ def summary(name: str, outcomes: list[Outcome]) -> str:
 
 
 def sweep_seeds(name: str, fast: bool) -> list[int]:
-    """Of the first :data:`SLOW_MUTATIONS` seeds of ``name``, those not known to disagree: the
-    first :data:`FAST_MUTATIONS` of them for the fast sweep, the others for the slow one."""
-    usable = [s for s in range(SLOW_MUTATIONS) if s not in KNOWN.get(name, {})]
-    return usable[:FAST_MUTATIONS] if fast else usable[FAST_MUTATIONS:]
+    """The first :data:`FAST_MUTATIONS` seeds of ``name`` for the fast sweep, the rest of the first
+    :data:`SLOW_MUTATIONS` for the slow one."""
+    return list(range(FAST_MUTATIONS)) if fast else list(range(FAST_MUTATIONS, SLOW_MUTATIONS))
 
 
 def _sweeps() -> list[Any]:
@@ -445,21 +421,6 @@ def test_check_errs_exactly_when_the_real_forward_raises(shared: Callable[..., n
     sweep = Sweep(shared(name))
     outcomes = [sweep.run(name, seed) for seed in seeds]
     assert all(o.verdict == "agree" for o in outcomes), summary(name, outcomes)
-
-
-def _known() -> list[Any]:
-    cases = []
-    for name, seeds in KNOWN.items():
-        for seed, why in seeds.items():
-            marks = [pytest.mark.skip(reason=f"known: {why}")] + ([pytest.mark.slow] if seed >= FAST_MUTATIONS else [])
-            cases.append(pytest.param(name, seed, id=f"{name}-{seed}", marks=marks))
-    return cases
-
-
-@pytest.mark.parametrize(("name", "seed"), _known())
-def test_known_disagreement(shared: Callable[..., nn.Module], name: str, seed: int) -> None:
-    outcome = Sweep(shared(name)).run(name, seed)
-    assert outcome.verdict == "agree", summary(name, [outcome])
 
 
 def test_a_mutation_is_drawn_from_its_seed_and_changes_only_what_it_says() -> None:

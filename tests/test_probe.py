@@ -122,9 +122,11 @@ def test_detection_coverage_names_the_slots_no_contract_covers(shared: Any) -> N
     model = shared("fasterrcnn_mobilenet_v3_large_320_fpn")
     report = surgery.check(model)
     cov = report.coverage
-    assert cov is not None and cov.probe == "skipped" and cov.family == "R-CNN"
+    assert cov is not None and cov.probe == "stopped" and cov.family == "R-CNN"
     assert cov.unchecked == []
     assert set(cov.by("contracts")) == {s.path for s in anatomy_for(model).slots(model)}
+    # the probe ran everything before the post-processing: the transform, the backbone and the RPN's parts
+    assert cov.by("probe") == ["transform", "backbone.body", "backbone.fpn", "rpn.anchor_generator", "rpn.head"]
 
 
 def test_coverage_in_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -78,6 +78,9 @@ class Anatomy:
     knows_model: bool = True
     #: Why the whole-model meta probe is not run for this family (None: it is run).
     no_whole_probe: str | None = None
+    #: Where and why the whole-model probe is expected to stop short for this family (None: it
+    #: runs to the end): said with the coverage, so that a stop is not mistaken for a failure.
+    probe_stops: str | None = None
     #: True when the forward takes a list of ``3×H×W`` images and, in train mode, targets
     #: (torchvision's detection API), rather than one tensor.
     takes_targets: bool = False

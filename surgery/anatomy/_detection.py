@@ -8,7 +8,7 @@ family file adds its own slots, loss keys and class layers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from surgery import paths
 from surgery._util import first_line
 from surgery.anatomy._backbone import config_text
 from surgery.anatomy._base import PROBE_BATCH, Anatomy, Context, Contract, SyntheticBatch
+from surgery.anatomy._feed import finding
 from surgery.findings import Finding
 from surgery.signature import meta_like
 
@@ -138,8 +139,8 @@ class DetectionAnatomy(Anatomy):
     returns a loss dict, ``model(images)`` in eval mode one result dict per image."""
 
     takes_targets = True
-    no_whole_probe = ("detection post-processing has ops whose output size depends on the data (nonzero, nms), "
-                      "which cannot run on meta; the contracts probe each slot instead")
+    probe_stops = ("as expected: the post-processing keeps boxes by their scores, so its sizes depend on the data; "
+                   "the contracts probe each slot after it")
     #: Slot whose outputs decide the labels and scores (for out-of-range labels), and the boxes.
     class_slot: str = "head.classification_head"
     box_slot: str = "head.regression_head"
@@ -382,3 +383,33 @@ def _is_anchor_generator(module: nn.Module | None) -> bool:
     return module is not None and (
         hasattr(module, "num_anchors_per_location") or type(module).__name__ in ("AnchorGenerator", "DefaultBoxGenerator")
     )
+
+
+#: The contract comparing what the dense heads predict per image with the anchors per image.
+PREDICTIONS_CONTRACT = "head predictions per image → anchors per image"
+
+
+def predictions_vs_anchors(anatomy: Anatomy, ctx: Context, heads: Sequence[str], generator: str) -> Iterable[Finding]:
+    """An ``anchor-mismatch`` when a dense head makes another number of predictions per image than
+    there are anchors per image, read from what the whole-model probe saw both slots return (it runs
+    them before the post-processing stops it): a head layer that changes its map's spatial size
+    (a 1×1 conv where a padded 3×3 was) still has the right channels, but the box decoding pairs
+    every prediction with an anchor, and the first real forward raises."""
+    probe = ctx.model_probe(anatomy)
+    made = probe.slot_io.get(generator)
+    anchors = made[1] if made is not None else None
+    if not (isinstance(anchors, (list, tuple)) and anchors and isinstance(anchors[0], Tensor) and anchors[0].dim() == 2):
+        return
+    per_image = int(anchors[0].shape[0])
+    for head in heads:
+        seen = probe.slot_io.get(head)
+        out = seen[1] if seen is not None else None
+        first = out if isinstance(out, Tensor) else out[0] if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor) else None
+        if first is None or first.dim() < 3 or int(first.shape[1]) == per_image:
+            continue
+        yield finding("error", "anchor-mismatch", (head, generator),
+                      f"{head} makes {int(first.shape[1])} predictions per image (output {tuple(first.shape)}) but {generator} "
+                      f"makes {per_image} anchors per image; the box decoding pairs each prediction with an anchor, so the "
+                      f"forward raises. A layer of {head} changes its map's spatial size, or its anchors per location",
+                      f"make every layer of {paths.expression(head, ctx.model)} keep its map's size (e.g. 3×3 convs with "
+                      "padding=1) and make its anchors per location what the generator gives")

@@ -65,18 +65,16 @@ def feed(
 
     static_mismatch = in_sig is not None and expected is not None and in_sig.size != expected
 
-    out: Flow | None = None
     if stock:
         if static_mismatch:
             assert in_sig is not None
             findings.append(_mismatch(producer, flow, consumer, module, in_sig, expected, fix))
             return findings, None
-        out_sig = output_signature(module)
-        if flow.shape is not None and in_sig is not None and in_sig.kind == "channels" and len(flow.shape) > 1 and out_sig is not None:
-            out = Flow((out_sig.size, *flow.shape[1:]), out_sig.size) if out_sig.kind == "channels" else Flow((out_sig.size,), out_sig.size)
-        elif out_sig is not None:
-            out = Flow((out_sig.size,), out_sig.size)
-        return findings, out
+        if flow.shape is None:  # nothing to run it on: the static reading is all there is
+            out_sig = output_signature(module)
+            return findings, (Flow((out_sig.size,), out_sig.size) if out_sig is not None else None)
+        # a stock class can hold an edited layer (a conv swapped or sliced inside a head): its
+        # first and last layers are not the whole story, so it runs on meta like any module
 
     if flow.shape is None:
         if static_mismatch:
