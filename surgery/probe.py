@@ -27,7 +27,6 @@ from surgery.signature import (
     Signature,
     _guard_transposed,
     _is_probe_limitation,
-    _meta_state,
     input_signature,
     rebuild_text,
     run_on_meta,
@@ -237,7 +236,7 @@ def probe_model(model: nn.Module, anatomy: Anatomy, image_size: int = 320, *, tr
     inputs = anatomy.probe_inputs(model, image_size)
     if inputs is None:
         return ModelProbe("skipped", "no input could be inferred: the model has no Conv, Linear or Embedding layer to read one from")
-    state = _meta_state(model)
+    state = MetaState(model)
     if state.lazy:
         return ModelProbe("skipped", "the model has lazy modules that are still uninitialized (their shapes come with the first forward)")
     described = _describe(inputs)

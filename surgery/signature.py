@@ -509,10 +509,6 @@ class MetaState:
                     now.update(before)
 
 
-def _meta_state(module: nn.Module) -> MetaState:
-    return MetaState(module)
-
-
 def _is_probe_limitation(error: BaseException) -> bool:
     text = str(error)
     return (
@@ -538,7 +534,7 @@ def meta_probe(module: nn.Module, *args: Any, **kwargs: Any) -> ProbeResult:
     Returns:
         A :class:`ProbeResult`.
     """
-    state = _meta_state(module)
+    state = MetaState(module)
     if state.lazy:
         lazy = ValueError(f"{type(module).__name__} has lazy modules that are still uninitialized; their shapes come with the first real forward")
         return ProbeResult(error=lazy, inconclusive=True)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from surgery._meta_ops import RULES, MetaShortcuts
 from surgery._meta_shapes import FALLBACK
 from surgery.anatomy import anatomy_for
-from surgery.signature import _meta_state
+from surgery.signature import MetaState
 
 CL, CL3 = torch.channels_last, torch.channels_last_3d
 _T = torch.Tensor
@@ -529,7 +529,7 @@ def test_a_whole_model_gives_the_same_shapes_with_and_without_the_shortcuts(
     anatomy = anatomy_for(model)
     inputs = anatomy.probe_inputs(model, size)
     assert inputs is not None
-    state = _meta_state(model)
+    state = MetaState(model)
     answered = []
     for fn, rule in list(RULES.items()):
         def counted(args: tuple[Any, ...], kwargs: dict[str, Any], rule: Any = rule) -> Any:

@@ -145,6 +145,13 @@ class DetectionAnatomy(Anatomy):
     class_slot: str = "head.classification_head"
     box_slot: str = "head.regression_head"
 
+    def predictions_contract(self) -> Contract:
+        """The contract of :func:`predictions_vs_anchors` for a family whose dense heads sit at
+        ``class_slot`` and ``box_slot`` and whose anchors come from ``anchor_generator``."""
+        heads = (self.class_slot, self.box_slot)
+        return Contract(PREDICTIONS_CONTRACT, (*heads, "anchor_generator"),
+                        lambda ctx: predictions_vs_anchors(self, ctx, heads, "anchor_generator"))
+
     def contracts(self, model: nn.Module) -> list[Contract]:
         """The layer check, the transform check every detection family shares, then the family's own."""
         base = super().contracts(model)

@@ -119,6 +119,11 @@ class Features:
         return None
 
 
+def _model_probe_key(train: bool) -> str:
+    """Where :meth:`Context.model_probe` keeps the whole-model probe of one mode."""
+    return f"model probe:{'train' if train else 'eval'}"
+
+
 class Context:
     """Shared, cached state for one ``check`` run over one model.
 
@@ -141,7 +146,7 @@ class Context:
         """Meta-probe the module at ``path`` with inputs of the given shapes (cached)."""
         key = (path, shapes)
         if key not in self._probes:
-            for whole in (self.cache.get("model probe:eval"), self.cache.get("model probe:train")):
+            for whole in (self.cache.get(_model_probe_key(False)), self.cache.get(_model_probe_key(True))):
                 output = whole.slot_output(self.model, path, shapes) if whole is not None else None
                 if output is not None:  # the whole-model probe already ran this slot on these inputs
                     self._probes[key] = ProbeResult(output=output)
@@ -156,7 +161,7 @@ class Context:
         Contracts that need what a slot receives inside the whole forward read it here, so
         ``check`` runs one whole forward on meta however many of them ask.
         """
-        key = f"model probe:{'train' if train else 'eval'}"
+        key = _model_probe_key(train)
         if key not in self.cache:
             from surgery.probe import probe_model  # the probe module imports the anatomy
 

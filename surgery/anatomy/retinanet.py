@@ -30,7 +30,7 @@ from surgery.anatomy._base import (
     Slot,
     is_stock,
 )
-from surgery.anatomy._detection import PREDICTIONS_CONTRACT, DetectionAnatomy, predictions_vs_anchors
+from surgery.anatomy._detection import DetectionAnatomy
 from surgery.anatomy._feed import Flow, feed, finding
 from surgery.anatomy._layers import int_attr, need_layer, prior_init
 from surgery.findings import Finding
@@ -177,8 +177,7 @@ class DenseAnatomy(DetectionAnatomy):
             Contract("backbone channels → head inputs", ("backbone", CLS, REG), self._head_inputs),
             Contract("anchor size tuples → feature maps", ("backbone", "anchor_generator"), self._anchor_maps),
             Contract("anchors per location → head outputs", ("anchor_generator", CLS, REG), self._anchors),
-            Contract(PREDICTIONS_CONTRACT, (CLS, REG, "anchor_generator"),
-                     lambda ctx: predictions_vs_anchors(self, ctx, (CLS, REG), "anchor_generator")),
+            self.predictions_contract(),
         ]
 
     def _head_inputs(self, ctx: Context) -> Iterable[Finding]:

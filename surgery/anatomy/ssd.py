@@ -11,7 +11,7 @@ from torchvision.models.detection.ssdlite import SSDLiteClassificationHead
 from surgery import paths
 from surgery.anatomy._backbone import backbone_features
 from surgery.anatomy._base import AdaptRule, AttrUpdate, BackbonePlan, ClassLayer, Context, Contract, Features, Rebuild, Slot
-from surgery.anatomy._detection import PREDICTIONS_CONTRACT, DetectionAnatomy, predictions_vs_anchors
+from surgery.anatomy._detection import DetectionAnatomy
 from surgery.anatomy._feed import Flow, feed, finding
 from surgery.anatomy._layers import int_attr, need_layer, normal_init, xavier_init
 from surgery.findings import Finding
@@ -133,8 +133,7 @@ class SSDAnatomy(DetectionAnatomy):
 
     def family_contracts(self, model: nn.Module) -> list[Contract]:
         return [Contract("feature maps → per-map heads, anchors, classes", ("backbone", "anchor_generator", CLS, REG), _ssd),
-                Contract(PREDICTIONS_CONTRACT, (CLS, REG, "anchor_generator"),
-                         lambda ctx: predictions_vs_anchors(self, ctx, (CLS, REG), "anchor_generator"))]
+                self.predictions_contract()]
 
 
 def _size(ctx: Context) -> int:
